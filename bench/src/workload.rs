@@ -1,0 +1,104 @@
+//! The workload: what each operation is, and how long / how many times a phase runs.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+
+use crate::stats::OpKind;
+
+pub const READ_SQL: &str = "SELECT v FROM t WHERE id = ?";
+pub const INSERT_SQL: &str = "INSERT INTO t(v) VALUES (?)";
+pub const CREATE_SQL: &str = "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)";
+/// Length of the text values, in bytes (ASCII).
+pub const VALUE_LEN: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Point read by random primary key.
+    Read,
+    /// Single-row autocommit insert.
+    Insert,
+    /// `read_pct` % reads, the rest inserts.
+    Mix { read_pct: u32 },
+}
+
+impl Workload {
+    pub fn name(&self) -> String {
+        match self {
+            Workload::Read => "read".into(),
+            Workload::Insert => "insert".into(),
+            Workload::Mix { read_pct } => format!("mix{}/{}", read_pct, 100 - read_pct),
+        }
+    }
+
+    pub fn pick(&self, rng: &mut impl Rng) -> OpKind {
+        match self {
+            Workload::Read => OpKind::Read,
+            Workload::Insert => OpKind::Write,
+            Workload::Mix { read_pct } => {
+                if rng.gen_range(0..100) < *read_pct {
+                    OpKind::Read
+                } else {
+                    OpKind::Write
+                }
+            }
+        }
+    }
+}
+
+pub fn random_value(rng: &mut impl Rng) -> String {
+    rng.sample_iter(&Alphanumeric)
+        .take(VALUE_LEN)
+        .map(char::from)
+        .collect()
+}
+
+/// A random id among the rows loaded before the phase (ids are 1..=rows).
+pub fn random_id(rng: &mut impl Rng, rows: u64) -> u64 {
+    rng.gen_range(1..=rows.max(1))
+}
+
+/// Timing and count bounds of one load phase, shared by all its workers.
+pub struct PhaseClock {
+    pub measure_start: Instant,
+    pub deadline: Instant,
+    remaining: AtomicI64,
+}
+
+impl PhaseClock {
+    pub fn new(warmup: Duration, duration: Duration, max_ops: u64) -> Self {
+        let measure_start = Instant::now() + warmup;
+        PhaseClock {
+            measure_start,
+            deadline: measure_start + duration,
+            remaining: AtomicI64::new(i64::try_from(max_ops).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// May one more operation start now? Returns `Some(measured)` or `None` to stop.
+    /// Operations that start during the warm-up are run but not recorded, and do not
+    /// count against the op budget.
+    pub fn next(&self) -> Option<bool> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return None;
+        }
+        if now < self.measure_start {
+            return Some(false);
+        }
+        if self.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 {
+            return None;
+        }
+        Some(true)
+    }
+
+    /// Length of the measured window, given when the last operation finished.
+    pub fn measured_secs(&self, last_done: Option<Instant>) -> f64 {
+        match last_done {
+            Some(t) if t > self.measure_start => (t - self.measure_start).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}

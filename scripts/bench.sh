@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build and run the outpost benchmark harness (bench/, crate outpost-bench).
+#
+#   scripts/bench.sh                      full run: release build, 10 s per phase (~6 min of load)
+#   scripts/bench.sh --json out.json      ... and write the machine-readable report
+#   scripts/bench.sh --quick              CI mode: debug build, ~1.5 s per phase, < 1 min;
+#                                         exits non-zero only if the harness itself breaks
+#   scripts/bench.sh --quick --outpost-bin PATH   use that outpost binary (skip building it)
+#
+# Every other argument goes to outpost-bench (see `outpost-bench --help`), e.g. --seconds 5,
+# --concurrency 1,16, --rss-1m, --soak-seconds 600, --targets inproc,bare.
+# BENCH_NO_BUILD=1 skips the cargo build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+quick=0
+have_bin=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    --outpost-bin | --outpost-bin=*) have_bin=1 ;;
+  esac
+done
+
+if [ "$quick" = 1 ]; then
+  profile=debug
+  build=(cargo build -p outpost-bench)
+else
+  profile=release
+  build=(cargo build --release -p outpost-bench)
+fi
+if [ "$have_bin" = 0 ]; then
+  build+=(-p outpost)
+  set -- --outpost-bin "$CARGO_TARGET_DIR/$profile/outpost" "$@"
+fi
+
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  echo "+ ${build[*]}" >&2
+  "${build[@]}"
+fi
+
+exec "$CARGO_TARGET_DIR/$profile/outpost-bench" "$@"
