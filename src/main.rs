@@ -1,1 +1,275 @@
-fn main() {}
+//! The `outpost` command line. See DESIGN.md "Command line" for the contract.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use outpost::auth::{self, Access};
+use outpost::config::Config;
+
+#[derive(Parser)]
+#[command(name = "outpost", version, about = "Edge-node sync gateway for libSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Config file (TOML); see config/outpost.toml for every key.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides node.data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the local database over Hrana (HTTP + WebSocket).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// API listen address (overrides api.listen); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Admin listen address (overrides admin.listen).
+        #[arg(long)]
+        admin_listen: Option<String>,
+        /// Sync listen address (replication; not yet available).
+        #[arg(long)]
+        sync_listen: Option<String>,
+        /// Peer URL (replication; not yet available).
+        #[arg(long)]
+        peer: Vec<String>,
+        /// Backup URL (not yet available).
+        #[arg(long)]
+        backup: Option<String>,
+        /// Log format: text or json (overrides log.format).
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+    /// Create the node's keys (JWT signing key; with --self-signed a TLS certificate).
+    Init {
+        #[command(flatten)]
+        common: Common,
+        /// Also write a self-signed TLS certificate for localhost to <data_dir>/tls/.
+        #[arg(long)]
+        self_signed: bool,
+    },
+    /// Mint a client JWT signed with the node's key; prints it on stdout.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        /// Read-only access.
+        #[arg(long)]
+        read_only: bool,
+        /// Lifetime, e.g. 1h, 30d (default: no expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+        /// Restrict to tables (not yet available).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+    },
+    /// Show a node's state from its admin listener.
+    Status {
+        /// Admin URL (default: http://<admin.listen>).
+        #[arg(long)]
+        admin: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a local N-node cluster (not yet available).
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        #[arg(long, default_value_t = 8080)]
+        base_port: u16,
+    },
+    /// Apply pending migrations (not yet available).
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Verify the database and change log (not yet available).
+    Check {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        digest: bool,
+    },
+    /// Take a backup snapshot now (not yet available).
+    Backup {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Rebuild a node from the cloud backup (not yet available).
+    Restore {
+        #[arg(long)]
+        from: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn load_config(common: &Common) -> Result<Config> {
+    let mut config = Config::load(common.config.as_deref(), std::env::vars())?;
+    if let Some(dir) = &common.data_dir {
+        config.node.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            common,
+            listen,
+            admin_listen,
+            sync_listen,
+            peer,
+            backup,
+            log_format,
+        } => {
+            let mut config = load_config(&common)?;
+            if let Some(l) = listen {
+                config.api.listen = l;
+            }
+            if let Some(l) = admin_listen {
+                config.admin.listen = l;
+            }
+            if let Some(f) = log_format {
+                config.log.format = f;
+            }
+            config.validate()?;
+            if sync_listen.is_some() || !peer.is_empty() || backup.is_some() {
+                bail!("--sync-listen, --peer and --backup are not yet available in this version");
+            }
+            init_logging(&config);
+            let system = actix_web::rt::System::new();
+            system.block_on(outpost::server::serve(config, |bound| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", bound.ready_line());
+                let _ = out.flush();
+            }))?;
+            Ok(())
+        }
+        Command::Init { common, self_signed } => {
+            let config = load_config(&common)?;
+            let keys = config.keys_dir();
+            if auth::generate_keys(&keys)? {
+                println!("created JWT key pair in {}", keys.display());
+            } else {
+                println!("JWT key pair already exists in {}", keys.display());
+            }
+            if self_signed {
+                let dir = config.node.data_dir.join(outpost::server::TLS_DIR);
+                if outpost::server::write_self_signed(&config.node.data_dir)? {
+                    println!("created a self-signed TLS certificate in {}", dir.display());
+                } else {
+                    println!("TLS certificate already exists in {}", dir.display());
+                }
+            }
+            println!("mint a client token with: outpost token --data-dir {}", config.node.data_dir.display());
+            Ok(())
+        }
+        Command::Token {
+            common,
+            read_only,
+            expires,
+            tables,
+        } => {
+            if !tables.is_empty() {
+                bail!("--tables (per-table permissions) is not yet available in this version");
+            }
+            let config = load_config(&common)?;
+            let access = if read_only { Access::ReadOnly } else { Access::ReadWrite };
+            let token = auth::mint_token(&config.keys_dir(), access, expires)
+                .with_context(|| "run `outpost init` first to create the node's key")?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Status { admin, common } => {
+            let config = load_config(&common)?;
+            let base = admin.unwrap_or_else(|| format!("http://{}", config.admin.listen));
+            status(&base)
+        }
+        Command::Dev { .. } => not_yet("dev", 5),
+        Command::Migrate { .. } => not_yet("migrate", 10),
+        Command::Check { .. } => not_yet("check", 4),
+        Command::Backup { .. } => not_yet("backup", 7),
+        Command::Restore { .. } => not_yet("restore", 7),
+    }
+}
+
+fn not_yet(command: &str, issue: u32) -> Result<()> {
+    eprintln!("outpost {command}: not yet available in this version (tracked in issue {issue})");
+    std::process::exit(2);
+}
+
+/// A minimal HTTP/1.1 GET against the admin listener (plain HTTP, loopback).
+fn http_get(base: &str, path: &str) -> Result<(u16, String)> {
+    let hostport = base
+        .strip_prefix("http://")
+        .context("the admin URL must start with http://")?
+        .trim_end_matches('/');
+    let mut stream = TcpStream::connect(hostport).with_context(|| format!("cannot reach {base}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+fn metric(text: &str, name: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("-")
+        .to_string()
+}
+
+fn status(base: &str) -> Result<()> {
+    let (_, version) = http_get(base, "/version")?;
+    let (ready, _) = http_get(base, "/ready")?;
+    let (_, metrics) = http_get(base, "/metrics")?;
+    let version: serde_json::Value = serde_json::from_str(version.trim()).unwrap_or_default();
+    let rows = [
+        ("admin", base.to_string()),
+        ("version", version["version"].as_str().unwrap_or("?").to_string()),
+        ("ready", if ready == 200 { "yes".into() } else { format!("no ({ready})") }),
+        ("open streams", metric(&metrics, "outpost_streams_open")),
+        ("writer queue", metric(&metrics, "outpost_writer_queue_depth")),
+        ("db size (bytes)", metric(&metrics, "outpost_db_size_bytes")),
+        ("rss (bytes)", metric(&metrics, "process_resident_memory_bytes")),
+    ];
+    for (k, v) in rows {
+        println!("{k:<16} {v}");
+    }
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! Typed configuration: defaults embedded here, then the TOML file, then
+//! `OUTPOST_<SECTION>_<KEY>` environment variables, then command-line flags.
+//!
+//! `config/outpost.toml` documents every key with its default; the test
+//! `config_file_matches_defaults` keeps the two from drifting apart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub api: ApiConfig,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub db: DbConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the database, keys and certificates live.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the Hrana HTTP/WebSocket listener.
+    pub listen: String,
+    /// PEM certificate chain; with `tls_key`, serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// actix worker threads (0 = one per core).
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener (/health, /ready, /version, /metrics).
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// PEM Ed25519 public key that verifies client JWTs. Empty: use
+    /// `<data_dir>/keys/jwt.pub.pem` if `outpost init` created it, else no auth.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Serve without auth even on a non-loopback address. Never do this
+    /// outside a private network you fully control.
+    pub allow_unauthenticated_public: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DbConfig {
+    /// SQLite `synchronous` mode for the writer: "full" (fsync each commit,
+    /// survives power loss) or "normal" (survives process crashes only).
+    pub synchronous: String,
+    /// Number of reader threads, each with its own connection.
+    pub readers: usize,
+    /// Most autocommit writes committed together in one transaction.
+    pub group_commit_max: usize,
+    /// Prepared statements cached per connection.
+    pub statement_cache: usize,
+    /// SQLite page cache per connection, KiB.
+    pub cache_size_kib: u64,
+    /// How long a connection waits on a lock held by another program.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+/// Every bound the server enforces. Each has a test at the bound.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest HTTP request body.
+    pub max_body_bytes: usize,
+    /// Most requests in one pipeline, and most steps in one batch.
+    pub max_batch_steps: usize,
+    /// Most rows in one statement result.
+    pub max_response_rows: usize,
+    /// Largest encoded result of one statement or cursor.
+    pub max_response_bytes: usize,
+    /// Most open Hrana streams (HTTP batons and WebSocket streams together).
+    pub max_streams: usize,
+    /// Most stored SQL texts per stream / WebSocket connection.
+    pub max_stored_sql: usize,
+    /// Idle time after which a stream (and its transaction) is dropped.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// Largest WebSocket message.
+    pub max_ws_message_bytes: usize,
+    /// Most write jobs waiting for the writer; beyond it requests get 429.
+    pub writer_queue: usize,
+    /// Most read jobs waiting for a reader; beyond it requests get 429.
+    pub reader_queue: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// A tracing filter, e.g. "info" or "outpost=debug,actix=warn".
+    pub level: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./outpost-data"),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            tls_cert: None,
+            tls_key: None,
+            workers: 0,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_public_key: None,
+            allow_unauthenticated_public: false,
+        }
+    }
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: "full".into(),
+            readers: 4,
+            group_commit_max: 256,
+            statement_cache: 128,
+            cache_size_kib: 16 * 1024,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_batch_steps: 1000,
+            max_response_rows: 100_000,
+            max_response_bytes: 10 * 1024 * 1024,
+            max_streams: 1024,
+            max_stored_sql: 256,
+            stream_idle_timeout: Duration::from_secs(10),
+            max_ws_message_bytes: 8 * 1024 * 1024,
+            writer_queue: 4096,
+            reader_queue: 4096,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info,actix_server=warn".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            api: ApiConfig::default(),
+            admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
+            db: DbConfig::default(),
+            limits: Limits::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overlaid by `file` (if any), overlaid by `OUTPOST_*` vars.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut tree, env)?;
+        let config: Config = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !matches!(self.db.synchronous.as_str(), "full" | "normal") {
+            return invalid(format!(
+                "db.synchronous must be \"full\" or \"normal\", not {:?}",
+                self.db.synchronous
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return invalid(format!(
+                "log.format must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            ));
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            return invalid("api.tls_cert and api.tls_key must be set together".into());
+        }
+        let positive = [
+            ("db.readers", self.db.readers),
+            ("db.group_commit_max", self.db.group_commit_max),
+            ("limits.max_body_bytes", self.limits.max_body_bytes),
+            ("limits.max_batch_steps", self.limits.max_batch_steps),
+            ("limits.max_response_rows", self.limits.max_response_rows),
+            ("limits.max_response_bytes", self.limits.max_response_bytes),
+            ("limits.max_streams", self.limits.max_streams),
+            ("limits.max_ws_message_bytes", self.limits.max_ws_message_bytes),
+            ("limits.writer_queue", self.limits.writer_queue),
+            ("limits.reader_queue", self.limits.reader_queue),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return invalid(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.limits.stream_idle_timeout.is_zero() {
+            return invalid("limits.stream_idle_timeout must be greater than 0".into());
+        }
+        for (name, addr) in [("api.listen", &self.api.listen), ("admin.listen", &self.admin.listen)] {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid(format!("{name} = {addr:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.node.data_dir.join("outpost.db")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.node.data_dir.join("keys")
+    }
+
+    /// The JWT public key in force: the configured one, else the one
+    /// `outpost init` wrote into the data dir, else none (no auth).
+    pub fn effective_jwt_public_key(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.auth.jwt_public_key {
+            return Some(path.clone());
+        }
+        let default = self.keys_dir().join(crate::auth::PUBLIC_KEY_FILE);
+        default.exists().then_some(default)
+    }
+}
+
+/// `OUTPOST_DB_READERS=8` sets `[db] readers = 8`. The section is the first
+/// `_`-separated word; the rest is the key. Values parse as TOML literals
+/// (numbers, booleans) and fall back to strings.
+fn apply_env_overrides(
+    tree: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    const SECTIONS: [&str; 7] = ["node", "api", "admin", "auth", "db", "limits", "log"];
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("OUTPOST_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        if !SECTIONS.contains(&section) {
+            continue;
+        }
+        let value = parse_env_value(&raw);
+        let table = tree
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = table.as_table_mut() else {
+            return Err(ConfigError::Invalid(format!("[{section}] must be a table")));
+        };
+        table.insert(key.to_string(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn config_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/outpost.toml");
+        let loaded = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(loaded, Config::default(), "config/outpost.toml drifted from the defaults");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = vec![
+            ("OUTPOST_DB_READERS".to_string(), "7".to_string()),
+            ("OUTPOST_API_LISTEN".to_string(), "127.0.0.1:1234".to_string()),
+            ("OUTPOST_LIMITS_STREAM_IDLE_TIMEOUT".to_string(), "3s".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.db.readers, 7);
+        assert_eq!(c.api.listen, "127.0.0.1:1234");
+        assert_eq!(c.limits.stream_idle_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let env = vec![("OUTPOST_DB_READERS".to_string(), "0".to_string())];
+        let err = Config::load(None, env).unwrap_err();
+        assert!(err.to_string().contains("db.readers"), "{err}");
+        let env = vec![("OUTPOST_DB_NOPE".to_string(), "1".to_string())];
+        assert!(Config::load(None, env).is_err());
+    }
+}

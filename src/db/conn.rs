@@ -1,0 +1,249 @@
+//! Opening connections and the SQL authorizer that guards every statement.
+//!
+//! The authorizer runs when SQLite compiles a statement. It always denies
+//! `ATTACH`/`DETACH`, `load_extension`, `writable_schema`, setting connection
+//! pragmas (the writer connection is shared by every client, so one client
+//! must not change `synchronous` or `foreign_keys` for all), and any access to
+//! outpost's internal `_outpost_*` tables — except from outpost's own
+//! triggers (named `_outpost_*`) and internal code ([`Guard::internal`]).
+//!
+//! Prepared statements are cached per connection, and the authorizer does
+//! not run again for a cached statement. That is safe because every rule
+//! above is independent of who asks; the one per-client rule (read-only
+//! tokens) is checked on each execution with `sqlite3_stmt_readonly`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use libsql_sys::rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use libsql_sys::rusqlite::{Connection, OpenFlags};
+use parking_lot::Mutex;
+
+use crate::config::DbConfig;
+
+/// Prefix of every internal table, index and trigger.
+pub const INTERNAL_PREFIX: &str = "_outpost_";
+
+/// Pragmas a client may *set* (with a value or an argument). Everything else
+/// with a value is a connection setting and is denied.
+const SETTABLE_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "user_version",
+    "defer_foreign_keys",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Writer,
+    Reader,
+}
+
+/// Shared between a connection's authorizer and its owner thread.
+#[derive(Default)]
+pub struct Guard {
+    internal: std::sync::atomic::AtomicBool,
+    denial: Mutex<Option<String>>,
+}
+
+impl Guard {
+    /// Runs `f` with the internal tables accessible (outpost's own SQL).
+    pub fn internal<T>(&self, f: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.internal.store(true, Relaxed);
+        let out = f();
+        self.internal.store(false, Relaxed);
+        out
+    }
+
+    /// Why the authorizer denied the last statement, if it did.
+    pub fn take_denial(&self) -> Option<String> {
+        self.denial.lock().take()
+    }
+
+    fn authorize(&self, ctx: &AuthContext<'_>) -> Authorization {
+        if self.internal.load(std::sync::atomic::Ordering::Relaxed) {
+            return Authorization::Allow;
+        }
+        match deny_reason(ctx) {
+            None => Authorization::Allow,
+            Some(reason) => {
+                *self.denial.lock() = Some(reason);
+                Authorization::Deny
+            }
+        }
+    }
+}
+
+fn is_internal(name: &str) -> bool {
+    name.len() >= INTERNAL_PREFIX.len()
+        && name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
+}
+
+fn deny_reason(ctx: &AuthContext<'_>) -> Option<String> {
+    // Statements run by outpost's own triggers may touch internal tables.
+    let from_internal_trigger = ctx.accessor.is_some_and(is_internal);
+    let internal_table = |name: &str| {
+        (is_internal(name) && !from_internal_trigger)
+            .then(|| format!("Access to the internal table {name:?} is not allowed"))
+    };
+    match ctx.action {
+        AuthAction::Attach { .. } => Some("ATTACH is not allowed".into()),
+        AuthAction::Detach { .. } => Some("DETACH is not allowed".into()),
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
+            Some("load_extension() is not allowed".into())
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => pragma_denial(pragma_name, pragma_value),
+        AuthAction::Read { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::CreateTempTable { table_name }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::DropTempTable { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::Analyze { table_name }
+        | AuthAction::CreateVtable { table_name, .. }
+        | AuthAction::DropVtable { table_name, .. } => internal_table(table_name),
+        AuthAction::CreateIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::CreateTempIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::DropIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::DropTempIndex {
+            index_name,
+            table_name,
+        } => internal_table(index_name).or_else(|| internal_table(table_name)),
+        AuthAction::CreateTrigger {
+            trigger_name,
+            table_name,
+        }
+        | AuthAction::CreateTempTrigger {
+            trigger_name,
+            table_name,
+        }
+        | AuthAction::DropTrigger {
+            trigger_name,
+            table_name,
+        }
+        | AuthAction::DropTempTrigger {
+            trigger_name,
+            table_name,
+        } => internal_table(trigger_name).or_else(|| internal_table(table_name)),
+        AuthAction::CreateView { view_name }
+        | AuthAction::CreateTempView { view_name }
+        | AuthAction::DropView { view_name }
+        | AuthAction::DropTempView { view_name } => internal_table(view_name),
+        AuthAction::Reindex { index_name } => internal_table(index_name),
+        _ => None,
+    }
+}
+
+fn pragma_denial(name: &str, value: Option<&str>) -> Option<String> {
+    if name.eq_ignore_ascii_case("writable_schema") {
+        return Some("PRAGMA writable_schema is not allowed".into());
+    }
+    let value = value?;
+    if is_internal(value.trim_matches(|c| c == '"' || c == '\'' || c == '`')) {
+        return Some(format!("Access to the internal table {value:?} is not allowed"));
+    }
+    if SETTABLE_PRAGMAS.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+        None
+    } else {
+        Some(format!(
+            "PRAGMA {name} cannot be changed by clients: connection settings are managed by outpost"
+        ))
+    }
+}
+
+/// Opens a connection to the database file with outpost's settings.
+pub fn open(
+    path: &Path,
+    role: Role,
+    cfg: &DbConfig,
+) -> Result<(Connection, Arc<Guard>), libsql_sys::rusqlite::Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(cfg.busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", cfg.synchronous.as_str())?;
+    conn.pragma_update(None, "cache_size", -(cfg.cache_size_kib as i64))?;
+    if role == Role::Reader {
+        // Defence in depth: readers only ever run statements that
+        // `sqlite3_stmt_readonly` approved, and SQLite refuses writes here too.
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    conn.set_prepared_statement_cache_capacity(cfg.statement_cache);
+    let guard = Arc::new(Guard::default());
+    // The hook never panics; AssertUnwindSafe only satisfies rusqlite's bound.
+    let hook_guard = std::panic::AssertUnwindSafe(Arc::clone(&guard));
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| hook_guard.authorize(&ctx)));
+    Ok((conn, guard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_tmp() -> (tempfile::TempDir, Connection, Arc<Guard>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, guard) = open(&dir.path().join("t.db"), Role::Writer, &DbConfig::default()).unwrap();
+        (dir, conn, guard)
+    }
+
+    #[test]
+    fn denies_dangerous_statements_with_reasons() {
+        let (_dir, conn, guard) = open_tmp();
+        guard.internal(|| conn.execute_batch("CREATE TABLE _outpost_meta(k, v)")).unwrap();
+        let cases = [
+            ("ATTACH 'x.db' AS x", "ATTACH"),
+            ("SELECT load_extension('x')", "load_extension"),
+            ("PRAGMA writable_schema = 1", "writable_schema"),
+            ("SELECT * FROM _outpost_meta", "_outpost_meta"),
+            ("PRAGMA table_info(_outpost_meta)", "_outpost_meta"),
+            ("DROP TABLE _OUTPOST_META", "internal"),
+            ("PRAGMA synchronous = OFF", "synchronous"),
+            ("CREATE TRIGGER _outpost_x AFTER INSERT ON t BEGIN SELECT 1; END", "internal"),
+        ];
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        for (sql, word) in cases {
+            let err = conn.prepare(sql).err().unwrap_or_else(|| panic!("{sql} was allowed"));
+            let reason = guard.take_denial().unwrap_or_else(|| panic!("{sql}: {err}"));
+            assert!(reason.contains(word), "{sql}: {reason}");
+        }
+    }
+
+    #[test]
+    fn allows_ordinary_statements() {
+        let (_dir, conn, guard) = open_tmp();
+        conn.execute_batch(
+            "CREATE TABLE t(x PRIMARY KEY); INSERT INTO t VALUES (1); PRAGMA table_info(t); PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        assert!(guard.take_denial().is_none());
+    }
+}

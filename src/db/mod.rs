@@ -1,0 +1,183 @@
+//! The local replica: one libSQL database file in WAL mode, one writer
+//! thread that owns the only write connection, and a pool of reader threads.
+//!
+//! Every request becomes a [`Job`]: a self-contained [`WorkItem`] plus the
+//! caller's rights and bounds, and a oneshot channel for the reply. Jobs are
+//! routed by [`classify::StmtKind`]:
+//! - reads go to the reader pool and never wait for the writer;
+//! - writes queue for the writer, which commits concurrent autocommit writes
+//!   together (group commit: one fsync for many, each still atomic), and
+//!   replies only after COMMIT returned, so an acknowledged write is durable;
+//! - transaction control (`BEGIN`, ...) runs alone on the writer; a job that
+//!   leaves a transaction open turns into a [`Lease`]: the writer then serves
+//!   only that stream until it commits, rolls back, or idles past the stream
+//!   timeout (then the writer rolls back and moves on).
+
+pub mod classify;
+pub mod conn;
+pub mod exec;
+mod readers;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+pub use exec::{ExecCtx, ExecError, WorkItem, WorkOutput};
+
+use crate::config::Config;
+use crate::error::SqlError;
+use crate::metrics::Metrics;
+use classify::StmtKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: libsql_sys::rusqlite::Error,
+    },
+    #[error("cannot start a database thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Whether the job left a transaction open, and if so, how to reach it.
+#[derive(Debug)]
+pub enum TxnState {
+    /// Autocommit: nothing held.
+    Closed,
+    /// This job opened a transaction; the stream now holds the writer.
+    Opened(Lease),
+    /// A job sent through a lease left its transaction open.
+    StillOpen,
+}
+
+pub struct JobReply {
+    pub output: Result<WorkOutput, ExecError>,
+    pub txn: TxnState,
+}
+
+pub struct Job {
+    pub item: WorkItem,
+    pub ctx: ExecCtx,
+    pub reply: oneshot::Sender<JobReply>,
+}
+
+/// Exclusive use of the writer while a stream's transaction is open.
+/// Dropping it makes the writer roll the transaction back.
+#[derive(Debug)]
+pub struct Lease {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+/// Why a job got no reply from the database.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the {0} queue is full")]
+    QueueFull(&'static str),
+    #[error("the database is shutting down")]
+    Closed,
+    #[error("the transaction was rolled back because its stream was idle too long")]
+    TxnExpired,
+}
+
+pub struct Database {
+    writer: writer::WriterHandle,
+    readers: readers::ReaderPool,
+    path: PathBuf,
+}
+
+impl Database {
+    /// Opens (creating if needed) the database and starts its threads.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Database, DbError> {
+        let path = config.db_path();
+        let writer = writer::WriterHandle::start(&path, config, Arc::clone(&metrics))?;
+        let readers = readers::ReaderPool::start(&path, config, metrics)?;
+        Ok(Database {
+            writer,
+            readers,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Size of the database file plus its WAL, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        let wal = self.path.with_extension("db-wal");
+        [&self.path, &wal]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// True when a new job would find the writer or reader queue full.
+    pub fn saturated(&self) -> bool {
+        self.writer.is_full() || self.readers.is_full()
+    }
+
+    /// Runs `item` where it belongs: through `lease` if the stream holds the
+    /// writer, on a reader if it only reads, else on the writer.
+    pub async fn run(
+        &self,
+        item: WorkItem,
+        ctx: ExecCtx,
+        lease: Option<&Lease>,
+    ) -> Result<JobReply, SubmitError> {
+        if let Some(lease) = lease {
+            return submit_via_lease(lease, item, ctx).await;
+        }
+        let kind = kind_of(&item);
+        if kind.fits_reader() {
+            let reply = self.readers.submit(item.clone(), ctx).await?;
+            if !matches!(reply.output, Err(ExecError::NeedsWriter)) {
+                return Ok(reply);
+            }
+        }
+        self.writer.submit(item, ctx, kind == StmtKind::Solo).await
+    }
+
+    /// Stops the threads after the queued jobs ran; the writer checkpoints.
+    pub fn shutdown(self) {
+        self.readers.shutdown();
+        self.writer.shutdown();
+    }
+}
+
+fn kind_of(item: &WorkItem) -> StmtKind {
+    let sql_kind = |stmt: &libsql_hrana::proto::Stmt| StmtKind::of(stmt.sql.as_deref().unwrap_or(""));
+    match item {
+        WorkItem::Execute(stmt) => sql_kind(stmt),
+        WorkItem::Batch(batch) => batch
+            .steps
+            .iter()
+            .map(|s| sql_kind(&s.stmt))
+            .fold(StmtKind::Read, StmtKind::combine),
+        WorkItem::Sequence(_) => StmtKind::Solo,
+        WorkItem::Describe(_) => StmtKind::Read,
+    }
+}
+
+async fn submit_via_lease(lease: &Lease, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
+    let (reply, rx) = oneshot::channel();
+    lease
+        .tx
+        .send(Job { item, ctx, reply })
+        .map_err(|_| SubmitError::TxnExpired)?;
+    rx.await.map_err(|_| SubmitError::TxnExpired)
+}
+
+impl From<SubmitError> for SqlError {
+    fn from(e: SubmitError) -> Self {
+        let code = match e {
+            SubmitError::QueueFull(_) => "OVERLOADED",
+            SubmitError::Closed => "SHUTTING_DOWN",
+            SubmitError::TxnExpired => "TRANSACTION_TIMEOUT",
+        };
+        SqlError::new(code, e.to_string())
+    }
+}

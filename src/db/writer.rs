@@ -1,0 +1,296 @@
+//! The writer thread: the only connection that writes.
+//!
+//! It loops over a bounded queue of [`Job`]s. Consecutive groupable jobs
+//! (autocommit writes) are committed together: `BEGIN IMMEDIATE`, each job,
+//! `COMMIT`, then every reply. If a job's statement rolls the whole
+//! transaction back (`INSERT OR ROLLBACK`, `RAISE(ROLLBACK)`), the group is
+//! re-run one job per transaction, so no job loses effects another caused.
+//! Solo jobs (transaction control) run outside any group; one that leaves a
+//! transaction open hands the stream a [`Lease`] and the writer serves only
+//! that lease until the transaction ends or idles out.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use libsql_sys::rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::conn::{self, Guard, Role};
+use super::exec::{ExecCtx, ExecError, Session, WorkItem, WorkOutput};
+use super::{DbError, Job, JobReply, Lease, SubmitError, TxnState};
+use crate::config::Config;
+use crate::error::SqlError;
+use crate::metrics::Metrics;
+
+struct WriterJob {
+    job: Job,
+    solo: bool,
+}
+
+pub struct WriterHandle {
+    tx: Sender<WriterJob>,
+    thread: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl WriterHandle {
+    pub fn start(path: &Path, config: &Config, metrics: Arc<Metrics>) -> Result<Self, DbError> {
+        let (conn, guard) = conn::open(path, Role::Writer, &config.db).map_err(|source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (tx, rx) = crossbeam_channel::bounded(config.limits.writer_queue);
+        let writer = Writer {
+            conn,
+            guard,
+            rx,
+            group_max: config.db.group_commit_max,
+            idle_timeout: config.limits.stream_idle_timeout,
+            metrics: Arc::clone(&metrics),
+        };
+        let thread = std::thread::Builder::new()
+            .name("outpost-writer".into())
+            .spawn(move || writer.run())
+            .map_err(DbError::Thread)?;
+        Ok(Self { tx, thread, metrics })
+    }
+
+    pub async fn submit(&self, item: WorkItem, ctx: ExecCtx, solo: bool) -> Result<JobReply, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        let job = WriterJob {
+            job: Job { item, ctx, reply },
+            solo,
+        };
+        self.metrics.writer_queue_depth.inc();
+        if let Err(e) = self.tx.try_send(job) {
+            self.metrics.writer_queue_depth.dec();
+            return Err(match e {
+                TrySendError::Full(_) => SubmitError::QueueFull("writer"),
+                TrySendError::Disconnected(_) => SubmitError::Closed,
+            });
+        }
+        rx.await.map_err(|_| SubmitError::Closed)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full()
+    }
+
+    pub fn shutdown(self) {
+        drop(self.tx);
+        if self.thread.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    guard: Arc<Guard>,
+    rx: Receiver<WriterJob>,
+    group_max: usize,
+    idle_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    fn run(self) {
+        let mut pending: Option<WriterJob> = None;
+        loop {
+            let next = match pending.take() {
+                Some(job) => job,
+                None => match self.rx.recv() {
+                    Ok(job) => {
+                        self.metrics.writer_queue_depth.dec();
+                        job
+                    }
+                    Err(_) => break,
+                },
+            };
+            if next.solo {
+                self.run_solo(next.job);
+            } else {
+                pending = self.run_group(next.job);
+            }
+        }
+        self.close();
+    }
+
+    fn session(&self) -> Session<'_> {
+        Session {
+            conn: &self.conn,
+            guard: &self.guard,
+            role: Role::Writer,
+        }
+    }
+
+    /// Collects queued groupable jobs behind `first` and commits them
+    /// together. Returns a solo job met while collecting, to run next.
+    fn run_group(&self, first: Job) -> Option<WriterJob> {
+        let mut jobs = vec![first];
+        let mut met_solo = None;
+        while jobs.len() < self.group_max {
+            match self.rx.try_recv() {
+                Ok(next) => {
+                    self.metrics.writer_queue_depth.dec();
+                    if next.solo {
+                        met_solo = Some(next);
+                        break;
+                    }
+                    jobs.push(next.job);
+                }
+                Err(_) => break,
+            }
+        }
+        self.commit_together(jobs);
+        met_solo
+    }
+
+    fn commit_together(&self, jobs: Vec<Job>) {
+        self.metrics.group_commit_size.observe(jobs.len() as f64);
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            return reply_all_failed(jobs, SqlError::from(e));
+        }
+        let session = self.session();
+        let mut outputs = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            outputs.push(session.run(&job.item, &job.ctx));
+            if self.conn.is_autocommit() {
+                // This job's statement ended the whole transaction.
+                return self.rerun_alone(jobs);
+            }
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (job, output) in jobs.into_iter().zip(outputs) {
+                    self.count(&output);
+                    let _ = job.reply.send(JobReply {
+                        output,
+                        txn: TxnState::Closed,
+                    });
+                }
+            }
+            Err(e) => {
+                self.rollback();
+                reply_all_failed(jobs, SqlError::from(e));
+            }
+        }
+    }
+
+    /// After a group lost its transaction, gives each job its own.
+    fn rerun_alone(&self, jobs: Vec<Job>) {
+        tracing::debug!(jobs = jobs.len(), "a statement rolled back a group commit; re-running jobs one by one");
+        for job in jobs {
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                reply_all_failed(vec![job], SqlError::from(e));
+                continue;
+            }
+            let output = self.session().run(&job.item, &job.ctx);
+            if !self.conn.is_autocommit() {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    self.rollback();
+                    reply_all_failed(vec![job], SqlError::from(e));
+                    continue;
+                }
+            }
+            self.count(&output);
+            let _ = job.reply.send(JobReply {
+                output,
+                txn: TxnState::Closed,
+            });
+        }
+    }
+
+    /// Runs a job that manages transactions itself, outside any group.
+    fn run_solo(&self, job: Job) {
+        let output = self.session().run(&job.item, &job.ctx);
+        self.count(&output);
+        if self.conn.is_autocommit() {
+            let _ = job.reply.send(JobReply {
+                output,
+                txn: TxnState::Closed,
+            });
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = job.reply.send(JobReply {
+            output,
+            txn: TxnState::Opened(Lease { tx }),
+        });
+        self.serve_lease(rx);
+    }
+
+    /// Serves one stream's transaction until it ends, its lease is dropped,
+    /// or it stays idle longer than the stream timeout.
+    fn serve_lease(&self, rx: Receiver<Job>) {
+        loop {
+            match rx.recv_timeout(self.idle_timeout) {
+                Ok(job) => {
+                    let output = self.session().run(&job.item, &job.ctx);
+                    self.count(&output);
+                    let open = !self.conn.is_autocommit();
+                    let txn = if open { TxnState::StillOpen } else { TxnState::Closed };
+                    let _ = job.reply.send(JobReply { output, txn });
+                    if !open {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!(
+                        timeout = ?self.idle_timeout,
+                        "rolled back a transaction left idle longer than limits.stream_idle_timeout"
+                    );
+                    self.metrics.stream_expired_total.inc();
+                    self.rollback();
+                    return;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.rollback();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "ROLLBACK failed on the writer connection");
+            }
+        }
+    }
+
+    fn count(&self, output: &Result<WorkOutput, ExecError>) {
+        let outcome = if output.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .statements_total
+            .with_label_values(&["writer", outcome])
+            .inc();
+    }
+
+    fn close(self) {
+        self.rollback();
+        let checkpoint = self.guard.internal(|| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        });
+        if let Err(e) = checkpoint {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        }
+        if let Err((_, e)) = self.conn.close() {
+            tracing::error!(error = %e, "closing the writer connection failed");
+        }
+    }
+}
+
+fn reply_all_failed(jobs: Vec<Job>, error: SqlError) {
+    for job in jobs {
+        let _ = job.reply.send(JobReply {
+            output: Err(ExecError::Sql(error.clone())),
+            txn: TxnState::Closed,
+        });
+    }
+}

@@ -1,0 +1,160 @@
+//! Every Prometheus metric outpost exports, defined in one place.
+//!
+//! Names carry the `outpost_` prefix and their unit (`_seconds`, `_bytes`,
+//! `_total`). The registry is per [`Metrics`] value (not global), so tests can
+//! run several servers in one process.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub streams_open: IntGauge,
+    pub ws_connections_open: IntGauge,
+    pub writer_queue_depth: IntGauge,
+    pub reader_queue_depth: IntGauge,
+    pub group_commit_size: Histogram,
+    pub statements_total: IntCounterVec,
+    pub db_size_bytes: IntGauge,
+    pub stream_expired_total: IntCounter,
+    pub rejected_total: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            http_requests_total: IntCounterVec::new(
+                Opts::new("outpost_http_requests_total", "HTTP requests by route and status."),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            http_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "outpost_http_request_duration_seconds",
+                    "HTTP request latency by route.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )
+            .expect("valid metric"),
+            streams_open: IntGauge::new("outpost_streams_open", "Open Hrana streams.")
+                .expect("valid metric"),
+            ws_connections_open: IntGauge::new(
+                "outpost_ws_connections_open",
+                "Open Hrana WebSocket connections.",
+            )
+            .expect("valid metric"),
+            writer_queue_depth: IntGauge::new(
+                "outpost_writer_queue_depth",
+                "Write jobs waiting for the writer thread.",
+            )
+            .expect("valid metric"),
+            reader_queue_depth: IntGauge::new(
+                "outpost_reader_queue_depth",
+                "Read jobs waiting for a reader thread.",
+            )
+            .expect("valid metric"),
+            group_commit_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "outpost_group_commit_size",
+                    "Write jobs committed together in one transaction.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )
+            .expect("valid metric"),
+            statements_total: IntCounterVec::new(
+                Opts::new("outpost_statements_total", "SQL statements executed by outcome."),
+                &["target", "outcome"],
+            )
+            .expect("valid metric"),
+            db_size_bytes: IntGauge::new(
+                "outpost_db_size_bytes",
+                "Size of the database file plus its WAL.",
+            )
+            .expect("valid metric"),
+            stream_expired_total: IntCounter::new(
+                "outpost_streams_expired_total",
+                "Streams closed because they were idle too long.",
+            )
+            .expect("valid metric"),
+            rejected_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_requests_rejected_total",
+                    "Requests refused before execution, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.http_requests_total.clone()),
+            Box::new(self.http_request_duration_seconds.clone()),
+            Box::new(self.streams_open.clone()),
+            Box::new(self.ws_connections_open.clone()),
+            Box::new(self.writer_queue_depth.clone()),
+            Box::new(self.reader_queue_depth.clone()),
+            Box::new(self.group_commit_size.clone()),
+            Box::new(self.statements_total.clone()),
+            Box::new(self.db_size_bytes.clone()),
+            Box::new(self.stream_expired_total.clone()),
+            Box::new(self.rejected_total.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in collectors {
+            self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_every_family_with_prefix() {
+        let m = super::Metrics::new();
+        m.http_requests_total.with_label_values(&["pipeline", "200"]).inc();
+        m.statements_total.with_label_values(&["writer", "ok"]).inc();
+        m.rejected_total.with_label_values(&["body_too_large"]).inc();
+        m.http_request_duration_seconds.with_label_values(&["pipeline"]).observe(0.001);
+        let text = m.render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                name.starts_with("outpost_") || name.starts_with("process_"),
+                "{name}"
+            );
+        }
+        assert!(text.contains("outpost_writer_queue_depth"));
+    }
+}

@@ -1,0 +1,253 @@
+//! `outpost serve`: opens the database, binds the listeners, prints the
+//! READY line, and shuts down gracefully on SIGTERM/SIGINT (stop accepting,
+//! finish in-flight requests, roll back open transactions, checkpoint and
+//! close the database).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::api::{self, stream::HttpStreams, AppState};
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::db::Database;
+use crate::metrics::Metrics;
+
+pub const TLS_DIR: &str = "tls";
+pub const TLS_CERT_FILE: &str = "cert.pem";
+pub const TLS_KEY_FILE: &str = "key.pem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] crate::auth::KeyError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The addresses the listeners actually bound (port 0 picks a free one).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub tls: bool,
+}
+
+impl Bound {
+    /// The line tests and scripts wait for on stdout.
+    pub fn ready_line(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("READY api={scheme}://{} admin=http://{}", self.api, self.admin)
+    }
+}
+
+fn authenticator(config: &Config) -> Result<Authenticator, ServeError> {
+    match config.effective_jwt_public_key() {
+        Some(path) => Ok(Authenticator::from_public_key_file(&path)?),
+        None => Ok(Authenticator::disabled()),
+    }
+}
+
+/// Refuses to expose an unauthenticated database beyond loopback.
+fn check_exposure(config: &Config, auth: &Authenticator) -> Result<(), ServeError> {
+    let addr: SocketAddr = config
+        .api
+        .listen
+        .parse()
+        .map_err(|e| ServeError::Refused(format!("api.listen {:?}: {e}", config.api.listen)))?;
+    if auth.is_enabled() {
+        return Ok(());
+    }
+    if !addr.ip().is_loopback() && !config.auth.allow_unauthenticated_public {
+        return Err(ServeError::Refused(format!(
+            "refusing to serve {addr} without authentication: anyone who can reach it could read \
+             and change the database. Run `outpost init` to create a JWT key (then mint tokens with \
+             `outpost token`), or listen on 127.0.0.1."
+        )));
+    }
+    tracing::warn!("serving without authentication (loopback only): run `outpost init` to enable JWT auth");
+    Ok(())
+}
+
+/// The certificate pair in force: configured, else `outpost init --self-signed`'s.
+fn tls_files(config: &Config) -> Option<(PathBuf, PathBuf)> {
+    if let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key) {
+        return Some((cert.clone(), key.clone()));
+    }
+    let dir = config.node.data_dir.join(TLS_DIR);
+    let (cert, key) = (dir.join(TLS_CERT_FILE), dir.join(TLS_KEY_FILE));
+    (cert.exists() && key.exists()).then_some((cert, key))
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
+    let open = |p: &Path| {
+        std::fs::File::open(p)
+            .map(std::io::BufReader::new)
+            .map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
+    };
+    let certs = rustls_pemfile::certs(&mut open(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!("{}: no certificate found", cert.display())));
+    }
+    let key_der = rustls_pemfile::private_key(&mut open(key)?)
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?
+        .ok_or_else(|| ServeError::Tls(format!("{}: no private key found", key.display())))?;
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// Runs the node until SIGTERM/SIGINT. Calls `on_ready` once listening.
+pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), ServeError> {
+    let auth = authenticator(&config)?;
+    check_exposure(&config, &auth)?;
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let db = Arc::new(Database::open(&config, Arc::clone(&metrics))?);
+    let tls = tls_files(&config).map(|(c, k)| load_tls(&c, &k)).transpose()?;
+    let state = web::Data::new(AppState {
+        streams: HttpStreams::new(
+            config.limits.max_streams,
+            config.limits.stream_idle_timeout,
+            Arc::clone(&metrics),
+        ),
+        config: config.clone(),
+        db: Arc::clone(&db),
+        auth,
+        metrics,
+    });
+
+    let api_state = state.clone();
+    let mut api = HttpServer::new(move || {
+        App::new()
+            .app_data(api_state.clone())
+            .wrap(from_fn(api::observe))
+            .wrap(Cors::permissive())
+            .configure(api::configure_api)
+    })
+    .disable_signals()
+    .shutdown_timeout(10);
+    if config.api.workers > 0 {
+        api = api.workers(config.api.workers);
+    }
+    let bind_err = |addr: &str| {
+        let addr = addr.to_string();
+        move |source| ServeError::Bind { addr, source }
+    };
+    let api = match tls.clone() {
+        Some(tls) => api
+            .bind_rustls_0_23(&config.api.listen, tls)
+            .map_err(bind_err(&config.api.listen))?,
+        None => api.bind(&config.api.listen).map_err(bind_err(&config.api.listen))?,
+    };
+    let admin_state = state.clone();
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(admin_state.clone())
+            .configure(api::admin::configure)
+    })
+    .disable_signals()
+    .workers(1)
+    .shutdown_timeout(5)
+    .bind(&config.admin.listen)
+    .map_err(bind_err(&config.admin.listen))?;
+
+    let bound = Bound {
+        api: api.addrs()[0],
+        admin: admin.addrs()[0],
+        tls: tls.is_some(),
+    };
+    let api = api.run();
+    let admin = admin.run();
+    let (api_handle, admin_handle) = (api.handle(), admin.handle());
+    let api_task = actix_web::rt::spawn(api);
+    let admin_task = actix_web::rt::spawn(admin);
+    let reaper = actix_web::rt::spawn(expire_streams(state.clone()));
+    tracing::info!(api = %bound.api, admin = %bound.admin, tls = bound.tls, db = %config.db_path().display(), "outpost is serving");
+    on_ready(&bound);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    api_handle.stop(true).await;
+    admin_handle.stop(true).await;
+    reaper.abort();
+    let _ = api_task.await;
+    let _ = admin_task.await;
+    drop(state);
+    match Arc::try_unwrap(db) {
+        Ok(db) => db.shutdown(),
+        Err(_) => tracing::warn!("database still referenced at shutdown; skipping the final checkpoint"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn expire_streams(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        state.streams.expire_idle();
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Writes a self-signed certificate for `localhost`/`127.0.0.1` into
+/// `<data_dir>/tls/`, for trying HTTPS out. Returns false if one exists.
+pub fn write_self_signed(data_dir: &Path) -> Result<bool, ServeError> {
+    let dir = data_dir.join(TLS_DIR);
+    let (cert_path, key_path) = (dir.join(TLS_CERT_FILE), dir.join(TLS_KEY_FILE));
+    if cert_path.exists() && key_path.exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| ServeError::Tls(e.to_string()))?;
+    std::fs::write(&cert_path, certified.cert.pem())?;
+    std::fs::write(&key_path, certified.signing_key.serialize_pem())?;
+    Ok(true)
+}
