@@ -196,7 +196,7 @@ enum StreamResponse {
     Other,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct ExecResult {
     #[serde(default)]
     pub rows: Vec<serde::de::IgnoredAny>,
@@ -304,5 +304,38 @@ async fn worker(
             // Do not spin on a dead server: back off a little before reconnecting.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_what_libsql_client_sends() {
+        let b = execute_body(READ_SQL, &[Arg::Int(42)]);
+        assert_eq!(
+            b,
+            r#"{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"SELECT v FROM t WHERE id = ?","args":[{"type":"integer","value":"42"}],"want_rows":true}},{"type":"close"}]}"#
+        );
+        let b = execute_body("SELECT \"x\"", &[Arg::Text("a\"b")]);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["requests"][0]["stmt"]["sql"], "SELECT \"x\"");
+        assert_eq!(v["requests"][0]["stmt"]["args"][0]["value"], "a\"b");
+    }
+
+    #[test]
+    fn parses_ok_and_error() {
+        let ok = br#"{"baton":null,"base_url":null,"results":[{"type":"ok","response":{"type":"execute","result":{"cols":[{"name":"v","decltype":"TEXT"}],"rows":[[{"type":"text","value":"abc"}]],"affected_row_count":0,"last_insert_rowid":null}}},{"type":"ok","response":{"type":"close"}}]}"#;
+        let r = parse_pipeline(StatusCode::OK, ok).unwrap();
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.affected_row_count, 0);
+
+        let err = br#"{"baton":null,"base_url":null,"results":[{"type":"error","error":{"message":"no such table: t","code":"SQLITE_ERROR"}},{"type":"ok","response":{"type":"close"}}]}"#;
+        let e = parse_pipeline(StatusCode::OK, err).unwrap_err().to_string();
+        assert!(e.contains("no such table"), "{e}");
+
+        assert!(parse_pipeline(StatusCode::INTERNAL_SERVER_ERROR, b"boom").is_err());
+        assert!(parse_pipeline(StatusCode::OK, b"not json").is_err());
     }
 }

@@ -85,6 +85,9 @@ pub struct Machine {
     pub mem_total_kib: Option<u64>,
     pub cpu_model: Option<String>,
     pub kernel: Option<String>,
+    /// /proc/loadavg when the run started and when it ended: a busy machine skews the numbers.
+    pub loadavg_start: Option<String>,
+    pub loadavg_end: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -132,7 +135,14 @@ fn machine() -> Machine {
         mem_total_kib,
         cpu_model,
         kernel: read("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()),
+        loadavg_start: loadavg(),
+        loadavg_end: None,
     }
+}
+
+fn loadavg() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, no time-zone crate).
@@ -206,6 +216,7 @@ impl Report {
 
     /// Compute ratios and goals, and check that the harness itself worked.
     pub fn finish(&mut self) {
+        self.machine.loadavg_end = loadavg();
         let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
         let mut ratios = Vec::new();
         for o in self.results.iter().filter(|r| r.target == Target::Outpost) {
@@ -304,6 +315,12 @@ impl Report {
             m.cpu_model.as_deref().unwrap_or("?"),
             m.mem_total_kib.unwrap_or(0) as f64 / 1024.0 / 1024.0,
             self.plan.seconds
+        );
+        let _ = writeln!(
+            out,
+            "load average at start {} / end {}",
+            m.loadavg_start.as_deref().unwrap_or("?"),
+            m.loadavg_end.as_deref().unwrap_or("?")
         );
         if let Some(b) = &self.outpost_bin {
             let _ = writeln!(out, "outpost binary: {b}");
