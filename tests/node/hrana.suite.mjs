@@ -13,6 +13,8 @@
 // v3-protobuf by default, and outpost serves JSON).
 //
 // Upstream's VERSION env var (the protocol version the server is expected to support) is 3 here.
+// hrana-client 0.10 inserted a `remoteEncryptionKey` parameter before `protocolVersion` in
+// `openHttp`, so upstream's `openHttp(url, jwt, fetch, 3)` is written `openHttp(url, jwt, fetch, undefined, 3)`.
 // Jest/vitest's `expect` is replaced by node:assert/strict.
 
 import assert from "node:assert/strict";
@@ -60,7 +62,7 @@ export function defineHranaSuite(transport) {
                 if (isWs) {
                     client = hrana.openWs(url, jwt, 3);
                 } else if (isHttp) {
-                    client = hrana.openHttp(url, jwt, undefined, 3);
+                    client = hrana.openHttp(url, jwt, undefined, undefined, 3);
                 } else {
                     throw new Error("expected either ws or http URL");
                 }
@@ -85,7 +87,7 @@ export function defineHranaSuite(transport) {
 
         function withHttpClient(f) {
             return async () => {
-                const client = hrana.openHttp(url, jwt, undefined, 3);
+                const client = hrana.openHttp(url, jwt, undefined, undefined, 3);
                 try {
                     await f(client);
                 } finally {
@@ -885,7 +887,7 @@ export function defineHranaSuite(transport) {
                             client.close();
                         }
                     } else if (isHttp) {
-                        const client = hrana.openHttp(url, jwt, undefined, 3);
+                        const client = hrana.openHttp(url, jwt, undefined, undefined, 3);
                         try {
                             const stream = client.openStream();
                             await f(stream, stream);
@@ -985,7 +987,7 @@ export function defineHranaSuite(transport) {
                     return fetch(request);
                 }
 
-                const c = hrana.openHttp(url, jwt, customFetch, 3);
+                const c = hrana.openHttp(url, jwt, customFetch, undefined, 3);
                 try {
                     const s = c.openStream();
                     const res = await s.queryValue("SELECT 1");
@@ -1002,7 +1004,7 @@ export function defineHranaSuite(transport) {
                     throw new Error("testing exception thrown from customFetch()");
                 }
 
-                const c = hrana.openHttp(url, jwt, customFetch, 3);
+                const c = hrana.openHttp(url, jwt, customFetch, undefined, 3);
                 try {
                     const s = c.openStream();
                     await assert.rejects(s.queryValue("SELECT 1"), /testing exception thrown from customFetch\(\)/);
@@ -1016,7 +1018,7 @@ export function defineHranaSuite(transport) {
                     return Promise.reject(new Error("testing rejection returned from customFetch()"));
                 }
 
-                const c = hrana.openHttp(url, jwt, customFetch, 3);
+                const c = hrana.openHttp(url, jwt, customFetch, undefined, 3);
                 try {
                     const s = c.openStream();
                     await assert.rejects(s.queryValue("SELECT 1"), /testing rejection returned from customFetch\(\)/);

@@ -82,12 +82,17 @@ describe("Hrana over HTTP, raw", { timeout: 300_000 }, () => {
                     res.cols.map((c) => c.name),
                     ["i", "f", "t", "b", "n", "p", "q"],
                 );
-                assert.deepStrictEqual(res.rows, [
+                // sqld (libsql-hrana) writes base64 without padding (STANDARD_NO_PAD); the spec only
+                // says "base64": compare without the padding.
+                const rows = res.rows.map((row) =>
+                    row.map((v) => (v.type === "blob" ? { ...v, base64: v.base64.replace(/=+$/, "") } : v)),
+                );
+                assert.deepStrictEqual(rows, [
                     [
                         { type: "integer", value: "1" },
                         { type: "float", value: 2.5 },
                         { type: "text", value: "x" },
-                        { type: "blob", base64: "AP8=" },
+                        { type: "blob", base64: "AP8" },
                         { type: "null" },
                         { type: "integer", value: "-9223372036854775808" },
                         { type: "text", value: "named" },
