@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { clientForTransport, startServer, TRANSPORTS } from "./helpers.mjs";
+import { clientForTransport, startServer, TRANSPORTS, withDeadline } from "./helpers.mjs";
 
 const CLIENTS = 32;
 const ROWS_PER_CLIENT = 50;
@@ -136,6 +136,47 @@ describe("concurrent clients", { timeout: 600_000 }, () => {
                 check.close();
             }
         });
+
+        for (const mode of ["read", "deferred"]) {
+            test(`an open "${mode}" transaction that has only read does not block writers over ${transport}`, { timeout: 60_000 }, async () => {
+                // SQLite in WAL mode: a reader's snapshot never blocks a writer, and a deferred
+                // transaction takes the write lock only at its first write. sqld behaves the same.
+                const setup = clientForTransport(server, transport);
+                const reader = clientForTransport(server, transport);
+                const writer = clientForTransport(server, transport);
+                let txn;
+                try {
+                    await setup.batch(
+                        [`DROP TABLE IF EXISTS ${table}_snap`, `CREATE TABLE ${table}_snap (x)`, `INSERT INTO ${table}_snap VALUES (1)`],
+                        "write",
+                    );
+                    txn = await reader.transaction(mode);
+                    const before = await txn.execute(`SELECT COUNT(*) FROM ${table}_snap`);
+                    assert.equal(before.rows[0][0], 1);
+
+                    const t0 = Date.now();
+                    await withDeadline(
+                        writer.execute(`INSERT INTO ${table}_snap VALUES (2)`),
+                        5_000,
+                        `a write while another stream holds an open ${mode} transaction`,
+                    );
+                    assert.ok(Date.now() - t0 < 5_000);
+
+                    // the reader keeps its snapshot ...
+                    const during = await txn.execute(`SELECT COUNT(*) FROM ${table}_snap`);
+                    assert.equal(during.rows[0][0], 1, "a transaction must keep reading its snapshot");
+                    await txn.commit();
+                    // ... and sees the write afterwards
+                    const after = await reader.execute(`SELECT COUNT(*) FROM ${table}_snap`);
+                    assert.equal(after.rows[0][0], 2);
+                } finally {
+                    txn?.close();
+                    for (const c of [setup, reader, writer]) {
+                        c.close();
+                    }
+                }
+            });
+        }
 
         test(`concurrent batches and reads over ${transport}: readers never see a partial batch`, { timeout: 180_000 }, async () => {
             const setup = clientForTransport(server, transport);
