@@ -54,7 +54,16 @@ function requireBin() {
 }
 
 const tmpDirs = [];
+const liveServers = new Set();
 process.on("exit", () => {
+    // Never leave a server behind, even if a test file dies without running its `after` hook.
+    for (const proc of liveServers) {
+        try {
+            proc.kill("SIGKILL");
+        } catch {
+            // already gone
+        }
+    }
     if (process.env.OUTPOST_KEEP_DATA) {
         return;
     }
@@ -172,9 +181,11 @@ export async function startServer({ dataDir, init = false, extraArgs = [], env }
         }
     });
 
+    liveServers.add(proc);
     let exited = null;
     const exitPromise = new Promise((resolve) => {
         proc.on("exit", (code, signal) => {
+            liveServers.delete(proc);
             exited = { code, signal };
             resolve(exited);
         });
