@@ -181,7 +181,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
-            max_batch_steps: 1000,
+            max_batch_steps: 10_000,
             max_response_rows: 100_000,
             max_response_bytes: 10 * 1024 * 1024,
             max_streams: 1024,

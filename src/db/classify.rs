@@ -1,60 +1,100 @@
-//! Routing by the first keyword of a statement, without parsing it.
+//! Routing by the first keywords of a statement, without parsing it.
 //!
-//! The keyword only picks a *route*: reads go to a reader thread, writes to
-//! the writer, transaction control runs alone on the writer. Correctness never
-//! rests on it: a reader re-checks `sqlite3_stmt_readonly` after preparing and
-//! hands anything that would write over to the writer.
+//! The keywords only pick a *route*: reads (and deferred transactions,
+//! which start as reads) go to a reader thread, writes to the writer,
+//! writes mixed with transaction control run alone on the writer.
+//! Correctness never rests on it: a reader re-checks
+//! `sqlite3_stmt_readonly` after preparing and hands anything that would
+//! write over to the writer.
 
-/// What a statement needs, judged from its first keyword.
+/// What a statement needs, judged from its first keywords.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StmtKind {
-    /// SELECT, VALUES, EXPLAIN: a reader can run it.
+    /// SELECT, VALUES, EXPLAIN.
     Read,
-    /// WITH, PRAGMA: may read or write; try a reader, which checks.
+    /// WITH, PRAGMA: may read or write; a reader checks.
     Maybe,
-    /// INSERT, UPDATE, DDL, ...: the writer, and may share a group commit.
+    /// BEGIN, BEGIN DEFERRED: a transaction that reads until it first writes.
+    BeginRead,
+    /// COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE.
+    TxnControl,
+    /// INSERT, UPDATE, DELETE, DDL, ...
     Write,
-    /// BEGIN, COMMIT, SAVEPOINT, VACUUM, ...: the writer, alone, outside any
-    /// group transaction.
-    Solo,
+    /// BEGIN IMMEDIATE/EXCLUSIVE, VACUUM: the writer, outside any group.
+    WriteSolo,
+}
+
+/// Where a unit of work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A reader thread (which hands writes over to the writer).
+    Reader,
+    /// The writer, possibly sharing a group commit with other jobs.
+    WriterGroup,
+    /// The writer, alone: the job controls transactions itself.
+    WriterSolo,
 }
 
 impl StmtKind {
     pub fn of(sql: &str) -> StmtKind {
-        let word = first_keyword(sql);
-        let is = |k: &str| word.eq_ignore_ascii_case(k);
-        if is("SELECT") || is("VALUES") || is("EXPLAIN") {
+        let (word, rest) = next_keyword(sql);
+        let is = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+        if is(word, "SELECT") || is(word, "VALUES") || is(word, "EXPLAIN") {
             StmtKind::Read
-        } else if is("WITH") || is("PRAGMA") {
+        } else if is(word, "WITH") || is(word, "PRAGMA") {
             StmtKind::Maybe
-        } else if ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "VACUUM"]
+        } else if is(word, "BEGIN") {
+            let (mode, _) = next_keyword(rest);
+            if is(mode, "IMMEDIATE") || is(mode, "EXCLUSIVE") {
+                StmtKind::WriteSolo
+            } else {
+                StmtKind::BeginRead
+            }
+        } else if ["COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"]
             .iter()
-            .any(|k| is(k))
+            .any(|k| is(word, k))
         {
-            StmtKind::Solo
+            StmtKind::TxnControl
+        } else if is(word, "VACUUM") {
+            StmtKind::WriteSolo
         } else {
             StmtKind::Write
         }
     }
 
-    /// The kind of several statements run as one unit: the most demanding.
-    pub fn combine(self, other: StmtKind) -> StmtKind {
-        use StmtKind::*;
-        match (self, other) {
-            (Solo, _) | (_, Solo) => Solo,
-            (Write, _) | (_, Write) => Write,
-            (Maybe, _) | (_, Maybe) => Maybe,
-            (Read, Read) => Read,
-        }
+    fn writes(self) -> bool {
+        matches!(self, StmtKind::Write | StmtKind::WriteSolo)
     }
 
-    pub fn fits_reader(self) -> bool {
-        matches!(self, StmtKind::Read | StmtKind::Maybe)
+    fn controls_txn(self) -> bool {
+        matches!(
+            self,
+            StmtKind::BeginRead | StmtKind::TxnControl | StmtKind::WriteSolo
+        )
+    }
+}
+
+/// The route of statements run as one unit (a statement or a batch).
+pub fn route(kinds: impl IntoIterator<Item = StmtKind>) -> Route {
+    let (mut writes, mut controls_txn) = (false, false);
+    for kind in kinds {
+        writes |= kind.writes();
+        controls_txn |= kind.controls_txn();
+    }
+    match (writes, controls_txn) {
+        (false, _) => Route::Reader,
+        (true, false) => Route::WriterGroup,
+        (true, true) => Route::WriterSolo,
     }
 }
 
 /// The first word of `sql`, skipping whitespace and `--`/`/* */` comments.
 pub fn first_keyword(sql: &str) -> &str {
+    next_keyword(sql).0
+}
+
+/// The first word of `sql` and what follows it.
+fn next_keyword(sql: &str) -> (&str, &str) {
     let mut rest = sql;
     loop {
         rest = rest.trim_start();
@@ -69,7 +109,7 @@ pub fn first_keyword(sql: &str) -> &str {
     let end = rest
         .find(|c: char| !c.is_ascii_alphabetic())
         .unwrap_or(rest.len());
-    &rest[..end]
+    rest.split_at(end)
 }
 
 #[cfg(test)]
@@ -86,14 +126,26 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(StmtKind::of("select 1"), StmtKind::Read);
-        assert_eq!(StmtKind::of("WITH x AS (SELECT 1) SELECT * FROM x"), StmtKind::Maybe);
-        assert_eq!(StmtKind::of("insert into t values (1)"), StmtKind::Write);
-        assert_eq!(StmtKind::of("begin immediate"), StmtKind::Solo);
-        assert_eq!(StmtKind::of("END"), StmtKind::Solo);
-        assert_eq!(StmtKind::of("vacuum"), StmtKind::Solo);
-        assert_eq!(StmtKind::of("nonsense"), StmtKind::Write);
-        assert_eq!(StmtKind::Read.combine(StmtKind::Write), StmtKind::Write);
-        assert_eq!(StmtKind::Maybe.combine(StmtKind::Solo), StmtKind::Solo);
+        use StmtKind::*;
+        assert_eq!(StmtKind::of("select 1"), Read);
+        assert_eq!(StmtKind::of("WITH x AS (SELECT 1) SELECT * FROM x"), Maybe);
+        assert_eq!(StmtKind::of("insert into t values (1)"), Write);
+        assert_eq!(StmtKind::of("begin"), BeginRead);
+        assert_eq!(StmtKind::of("BEGIN TRANSACTION READONLY"), BeginRead);
+        assert_eq!(StmtKind::of("begin /* x */ immediate"), WriteSolo);
+        assert_eq!(StmtKind::of("END"), TxnControl);
+        assert_eq!(StmtKind::of("vacuum"), WriteSolo);
+        assert_eq!(StmtKind::of("nonsense"), Write);
+    }
+
+    #[test]
+    fn routes() {
+        use StmtKind::*;
+        assert_eq!(route([Read, Maybe]), Route::Reader);
+        assert_eq!(route([BeginRead, Read, TxnControl]), Route::Reader);
+        assert_eq!(route([Write, Read]), Route::WriterGroup);
+        assert_eq!(route([BeginRead, Write, TxnControl]), Route::WriterSolo);
+        assert_eq!(route([WriteSolo]), Route::WriterSolo);
+        assert_eq!(route([TxnControl]), Route::Reader);
     }
 }

@@ -39,6 +39,9 @@ const SETTABLE_PRAGMAS: &[&str] = &[
     "quick_check",
     "user_version",
     "defer_foreign_keys",
+    // Per connection; the writer resets it after every job that runs outside
+    // a transaction (inside one SQLite ignores it), so it never leaks.
+    "foreign_keys",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +180,24 @@ fn pragma_denial(name: &str, value: Option<&str>) -> Option<String> {
     }
 }
 
+/// Creates outpost's metadata table on first open: the node's stable random
+/// id and the on-disk format version. Runs on the writer connection.
+pub fn init_meta(conn: &Connection, guard: &Guard) -> Result<(), libsql_sys::rusqlite::Error> {
+    let node_id: [u8; 16] = rand::random();
+    let node_id: String = node_id.iter().map(|b| format!("{b:02x}")).collect();
+    guard.internal(|| {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _outpost_meta (key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+             INSERT OR IGNORE INTO _outpost_meta VALUES ('format_version', 1);",
+        )?;
+        conn.execute(
+            "INSERT OR IGNORE INTO _outpost_meta VALUES ('node_id', ?1)",
+            [node_id],
+        )?;
+        Ok(())
+    })
+}
+
 /// Opens a connection to the database file with outpost's settings.
 pub fn open(
     path: &Path,
@@ -245,5 +266,18 @@ mod tests {
         )
         .unwrap();
         assert!(guard.take_denial().is_none());
+    }
+}
+
+#[cfg(test)]
+mod dialect_tests {
+    use super::*;
+
+    /// `@libsql/client` starts read transactions with this libSQL syntax.
+    #[test]
+    fn libsql_readonly_begin_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = open(&dir.path().join("t.db"), Role::Reader, &DbConfig::default()).unwrap();
+        conn.execute_batch("BEGIN TRANSACTION READONLY; SELECT 1; COMMIT;").unwrap();
     }
 }

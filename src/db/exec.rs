@@ -61,6 +61,17 @@ pub struct Session<'a> {
     pub conn: &'a Connection,
     pub guard: &'a Guard,
     pub role: Role,
+    /// Running inside the writer's group transaction: from the stream's
+    /// point of view it is in autocommit mode (its jobs hold no
+    /// transaction statements), whatever the shared connection says.
+    pub grouped: bool,
+}
+
+impl Session<'_> {
+    /// Whether the *stream* is in autocommit mode (Hrana's `is_autocommit`).
+    fn stream_autocommit(&self) -> bool {
+        self.grouped || self.conn.is_autocommit()
+    }
 }
 
 impl Session<'_> {
@@ -75,6 +86,7 @@ impl Session<'_> {
 
     fn prepare(&self, sql: &str) -> Result<rusqlite::CachedStatement<'_>, SqlError> {
         self.guard.take_denial();
+        check_rename(sql, false)?;
         if may_hold_several_statements(sql) && self.count_statements(sql)? > 1 {
             return Err(SqlError::new(
                 "SQL_MANY_STATEMENTS",
@@ -85,10 +97,19 @@ impl Session<'_> {
     }
 
     fn prepare_error(&self, err: rusqlite::Error) -> SqlError {
-        match self.guard.take_denial() {
-            Some(reason) => SqlError::new("SQLITE_AUTH", format!("SQLite error: not authorized: {reason}")),
-            None => SqlError::from(err),
+        if let Some(reason) = self.guard.take_denial() {
+            return SqlError::new("SQLITE_AUTH", format!("SQLite error: not authorized: {reason}"));
         }
+        let error = SqlError::from(err);
+        // The authorizer never sees names that do not exist; refuse internal
+        // names the same way whether or not the table exists yet.
+        if error.message.to_ascii_lowercase().contains(super::conn::INTERNAL_PREFIX) {
+            return SqlError::new(
+                "SQLITE_AUTH",
+                "SQLite error: not authorized: internal _outpost_* names cannot be used",
+            );
+        }
+        error
     }
 
     fn count_statements(&self, sql: &str) -> Result<usize, SqlError> {
@@ -168,7 +189,7 @@ impl Session<'_> {
         for step in &batch.steps {
             let run = match &step.condition {
                 None => true,
-                Some(cond) => eval_cond(cond, &step_results, &step_errors, self.conn.is_autocommit()),
+                Some(cond) => eval_cond(cond, &step_results, &step_errors, self.stream_autocommit()),
             };
             if !run {
                 step_results.push(None);
@@ -199,6 +220,7 @@ impl Session<'_> {
     /// Runs every statement of `sql` in order, discarding rows.
     pub fn sequence(&self, sql: &str, ctx: &ExecCtx) -> Result<(), ExecError> {
         self.guard.take_denial();
+        check_rename(sql, true)?;
         let mut batch = rusqlite::Batch::new(self.conn, sql);
         loop {
             let next = batch.next().map_err(|e| self.prepare_error(e))?;
@@ -235,6 +257,25 @@ impl Session<'_> {
     }
 }
 
+/// The authorizer sees only the old name of `ALTER TABLE .. RENAME TO`, so
+/// an ALTER that names an internal table anywhere is refused here.
+/// (A sequence may hold an ALTER anywhere, so for it any mention counts.)
+fn check_rename(sql: &str, anywhere: bool) -> Result<(), SqlError> {
+    let lower = sql.to_ascii_lowercase();
+    let is_alter = if anywhere {
+        lower.contains("alter")
+    } else {
+        super::classify::first_keyword(sql).eq_ignore_ascii_case("ALTER")
+    };
+    if is_alter && lower.contains(super::conn::INTERNAL_PREFIX) {
+        return Err(SqlError::new(
+            "SQLITE_AUTH",
+            "SQLite error: not authorized: internal _outpost_* names cannot be used",
+        ));
+    }
+    Ok(())
+}
+
 /// `;` followed by more than whitespace may start a second statement.
 fn may_hold_several_statements(sql: &str) -> bool {
     sql.trim_end().trim_end_matches(';').contains(';')
@@ -246,6 +287,10 @@ fn total_changes(conn: &Connection) -> i64 {
     unsafe { libsql_sys::ffi::sqlite3_total_changes64(conn.handle()) }
 }
 
+/// Binds every parameter of `stmt`: a named one (`:a`, `@a`, `$a`) from
+/// `named_args`, else — like every `?` and `?NNN` — from the positional
+/// argument at its index. A parameter with no value is an error, as in
+/// libSQL's server; so are unused arguments.
 fn bind_args(stmt: &mut Statement<'_>, hrana: &Stmt) -> Result<(), SqlError> {
     let expected = stmt.parameter_count();
     if hrana.args.len() > expected {
@@ -257,19 +302,41 @@ fn bind_args(stmt: &mut Statement<'_>, hrana: &Stmt) -> Result<(), SqlError> {
             ),
         ));
     }
-    for (i, value) in hrana.args.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, to_sql(value)?)?;
-    }
     for arg in &hrana.named_args {
-        let index = named_index(stmt, &arg.name)?.ok_or_else(|| {
-            SqlError::new(
+        if named_index(stmt, &arg.name)?.is_none() {
+            return Err(SqlError::new(
                 "ARGS_INVALID",
                 format!("The statement has no parameter named {:?}", arg.name),
-            )
-        })?;
-        stmt.raw_bind_parameter(index, to_sql(&arg.value)?)?;
+            ));
+        }
+    }
+    for index in 1..=expected {
+        let name = stmt.parameter_name(index).map(str::to_string);
+        let named = name
+            .as_deref()
+            .filter(|n| n.starts_with([':', '@', '$']))
+            .and_then(|n| hrana.named_args.iter().find(|a| same_param(&a.name, n)));
+        let value = match named {
+            Some(arg) => &arg.value,
+            None => hrana.args.get(index - 1).ok_or_else(|| {
+                SqlError::new(
+                    "ARGS_INVALID",
+                    format!(
+                        "No value for parameter {} ({} given)",
+                        name.unwrap_or_else(|| format!("?{index}")),
+                        hrana.args.len() + hrana.named_args.len()
+                    ),
+                )
+            })?,
+        };
+        stmt.raw_bind_parameter(index, to_sql(value)?)?;
     }
     Ok(())
+}
+
+/// `a` given by a client matches the parameter `:a`, `@a` or `$a`.
+fn same_param(given: &str, param: &str) -> bool {
+    given == param || (!given.starts_with([':', '@', '$']) && &param[1..] == given)
 }
 
 /// Finds a named parameter; a name without its prefix matches `:`, `@`, `$`.

@@ -3,15 +3,20 @@
 //!
 //! Every request becomes a [`Job`]: a self-contained [`WorkItem`] plus the
 //! caller's rights and bounds, and a oneshot channel for the reply. Jobs are
-//! routed by [`classify::StmtKind`]:
+//! routed by [`classify::route`]:
 //! - reads go to the reader pool and never wait for the writer;
 //! - writes queue for the writer, which commits concurrent autocommit writes
 //!   together (group commit: one fsync for many, each still atomic), and
 //!   replies only after COMMIT returned, so an acknowledged write is durable;
-//! - transaction control (`BEGIN`, ...) runs alone on the writer; a job that
-//!   leaves a transaction open turns into a [`Lease`]: the writer then serves
-//!   only that stream until it commits, rolls back, or idles past the stream
-//!   timeout (then the writer rolls back and moves on).
+//! - writes mixed with transaction control run alone on the writer.
+//!
+//! A job that leaves a transaction open turns into a [`Lease`]: the thread
+//! that ran it then serves only that stream until it commits, rolls back, or
+//! idles past the stream timeout (then it rolls back and moves on). A
+//! `BEGIN` (deferred) starts on a reader, so read transactions never block
+//! writers; at its first write the transaction moves to the writer — if no
+//! write committed since it began, as SQLite's own deferred transactions
+//! behave; else the write fails with `SQLITE_BUSY` and the client retries.
 
 pub mod classify;
 pub mod conn;
@@ -29,7 +34,7 @@ pub use exec::{ExecCtx, ExecError, WorkItem, WorkOutput};
 use crate::config::Config;
 use crate::error::SqlError;
 use crate::metrics::Metrics;
-use classify::StmtKind;
+use classify::{Route, StmtKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -64,11 +69,20 @@ pub struct Job {
     pub reply: oneshot::Sender<JobReply>,
 }
 
-/// Exclusive use of the writer while a stream's transaction is open.
-/// Dropping it makes the writer roll the transaction back.
+/// Exclusive use of a connection while a stream's transaction is open.
+/// Dropping it makes the connection's thread roll the transaction back.
 #[derive(Debug)]
 pub struct Lease {
     tx: crossbeam_channel::Sender<Job>,
+    kind: LeaseKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LeaseKind {
+    Writer,
+    /// A read transaction on a reader; `snapshot` is the writer's commit
+    /// count when it began, to decide whether it may become a write.
+    Reader { snapshot: u64 },
 }
 
 /// Why a job got no reply from the database.
@@ -83,6 +97,8 @@ pub enum SubmitError {
 }
 
 pub struct Database {
+    /// Commits by the writer so far (see [`LeaseKind::Reader`]).
+    commits: Arc<std::sync::atomic::AtomicU64>,
     writer: writer::WriterHandle,
     readers: readers::ReaderPool,
     path: PathBuf,
@@ -92,9 +108,11 @@ impl Database {
     /// Opens (creating if needed) the database and starts its threads.
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Database, DbError> {
         let path = config.db_path();
-        let writer = writer::WriterHandle::start(&path, config, Arc::clone(&metrics))?;
-        let readers = readers::ReaderPool::start(&path, config, metrics)?;
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = writer::WriterHandle::start(&path, config, Arc::clone(&metrics), Arc::clone(&commits))?;
+        let readers = readers::ReaderPool::start(&path, config, metrics, Arc::clone(&commits))?;
         Ok(Database {
+            commits,
             writer,
             readers,
             path,
@@ -129,16 +147,34 @@ impl Database {
         lease: Option<&Lease>,
     ) -> Result<JobReply, SubmitError> {
         if let Some(lease) = lease {
-            return submit_via_lease(lease, item, ctx).await;
+            return self.run_leased(lease, item, ctx).await;
         }
-        let kind = kind_of(&item);
-        if kind.fits_reader() {
+        let route = route_of(&item);
+        if route == Route::Reader {
             let reply = self.readers.submit(item.clone(), ctx).await?;
             if !matches!(reply.output, Err(ExecError::NeedsWriter)) {
                 return Ok(reply);
             }
         }
-        self.writer.submit(item, ctx, kind == StmtKind::Solo).await
+        self.writer.submit(item, ctx, route == Route::WriterGroup, None).await
+    }
+
+    async fn run_leased(&self, lease: &Lease, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
+        let LeaseKind::Reader { snapshot } = lease.kind else {
+            return submit_via_lease(lease, item, ctx).await;
+        };
+        let reply = submit_via_lease(lease, item.clone(), ctx).await?;
+        if !matches!(reply.output, Err(ExecError::NeedsWriter)) {
+            return Ok(reply);
+        }
+        // The read transaction (now rolled back on its reader) writes:
+        // continue it on the writer if nothing was committed meanwhile.
+        self.writer.submit(item, ctx, false, Some(snapshot)).await
+    }
+
+    /// How many transactions the writer has committed since start.
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stops the threads after the queued jobs ran; the writer checkpoints.
@@ -148,17 +184,13 @@ impl Database {
     }
 }
 
-fn kind_of(item: &WorkItem) -> StmtKind {
+fn route_of(item: &WorkItem) -> Route {
     let sql_kind = |stmt: &libsql_hrana::proto::Stmt| StmtKind::of(stmt.sql.as_deref().unwrap_or(""));
     match item {
-        WorkItem::Execute(stmt) => sql_kind(stmt),
-        WorkItem::Batch(batch) => batch
-            .steps
-            .iter()
-            .map(|s| sql_kind(&s.stmt))
-            .fold(StmtKind::Read, StmtKind::combine),
-        WorkItem::Sequence(_) => StmtKind::Solo,
-        WorkItem::Describe(_) => StmtKind::Read,
+        WorkItem::Execute(stmt) => classify::route([sql_kind(stmt)]),
+        WorkItem::Batch(batch) => classify::route(batch.steps.iter().map(|s| sql_kind(&s.stmt))),
+        WorkItem::Sequence(_) => Route::WriterSolo,
+        WorkItem::Describe(_) => Route::Reader,
     }
 }
 

@@ -7,9 +7,11 @@
 //! re-run one job per transaction, so no job loses effects another caused.
 //! Solo jobs (transaction control) run outside any group; one that leaves a
 //! transaction open hands the stream a [`Lease`] and the writer serves only
-//! that lease until the transaction ends or idles out.
+//! that lease until the transaction ends or idles out. An *upgrade* job
+//! continues a read transaction that began on a reader and now writes.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,14 +22,17 @@ use tokio::sync::oneshot;
 
 use super::conn::{self, Guard, Role};
 use super::exec::{ExecCtx, ExecError, Session, WorkItem, WorkOutput};
-use super::{DbError, Job, JobReply, Lease, SubmitError, TxnState};
+use super::{DbError, Job, JobReply, Lease, LeaseKind, SubmitError, TxnState};
 use crate::config::Config;
 use crate::error::SqlError;
 use crate::metrics::Metrics;
 
 struct WriterJob {
     job: Job,
-    solo: bool,
+    /// May share a group commit (no transaction control in it).
+    groupable: bool,
+    /// Continue a reader's transaction that began at this commit count.
+    upgrade_from: Option<u64>,
 }
 
 pub struct WriterHandle {
@@ -37,8 +42,17 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub fn start(path: &Path, config: &Config, metrics: Arc<Metrics>) -> Result<Self, DbError> {
+    pub fn start(
+        path: &Path,
+        config: &Config,
+        metrics: Arc<Metrics>,
+        commits: Arc<AtomicU64>,
+    ) -> Result<Self, DbError> {
         let (conn, guard) = conn::open(path, Role::Writer, &config.db).map_err(|source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        conn::init_meta(&conn, &guard).map_err(|source| DbError::Open {
             path: path.to_owned(),
             source,
         })?;
@@ -50,6 +64,7 @@ impl WriterHandle {
             group_max: config.db.group_commit_max,
             idle_timeout: config.limits.stream_idle_timeout,
             metrics: Arc::clone(&metrics),
+            commits,
         };
         let thread = std::thread::Builder::new()
             .name("outpost-writer".into())
@@ -58,11 +73,18 @@ impl WriterHandle {
         Ok(Self { tx, thread, metrics })
     }
 
-    pub async fn submit(&self, item: WorkItem, ctx: ExecCtx, solo: bool) -> Result<JobReply, SubmitError> {
+    pub async fn submit(
+        &self,
+        item: WorkItem,
+        ctx: ExecCtx,
+        groupable: bool,
+        upgrade_from: Option<u64>,
+    ) -> Result<JobReply, SubmitError> {
         let (reply, rx) = oneshot::channel();
         let job = WriterJob {
             job: Job { item, ctx, reply },
-            solo,
+            groupable,
+            upgrade_from,
         };
         self.metrics.writer_queue_depth.inc();
         if let Err(e) = self.tx.try_send(job) {
@@ -94,6 +116,7 @@ struct Writer {
     group_max: usize,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
+    commits: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -110,21 +133,26 @@ impl Writer {
                     Err(_) => break,
                 },
             };
-            if next.solo {
-                self.run_solo(next.job);
-            } else {
+            if next.groupable {
                 pending = self.run_group(next.job);
+            } else {
+                self.run_solo(next.job, next.upgrade_from);
             }
         }
         self.close();
     }
 
-    fn session(&self) -> Session<'_> {
+    fn session(&self, grouped: bool) -> Session<'_> {
         Session {
             conn: &self.conn,
             guard: &self.guard,
             role: Role::Writer,
+            grouped,
         }
+    }
+
+    fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Collects queued groupable jobs behind `first` and commits them
@@ -136,7 +164,7 @@ impl Writer {
             match self.rx.try_recv() {
                 Ok(next) => {
                     self.metrics.writer_queue_depth.dec();
-                    if next.solo {
+                    if !next.groupable {
                         met_solo = Some(next);
                         break;
                     }
@@ -154,7 +182,7 @@ impl Writer {
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             return reply_all_failed(jobs, SqlError::from(e));
         }
-        let session = self.session();
+        let session = self.session(true);
         let mut outputs = Vec::with_capacity(jobs.len());
         for job in &jobs {
             outputs.push(session.run(&job.item, &job.ctx));
@@ -165,6 +193,7 @@ impl Writer {
         }
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
+                self.committed();
                 for (job, output) in jobs.into_iter().zip(outputs) {
                     self.count(&output);
                     let _ = job.reply.send(JobReply {
@@ -188,13 +217,14 @@ impl Writer {
                 reply_all_failed(vec![job], SqlError::from(e));
                 continue;
             }
-            let output = self.session().run(&job.item, &job.ctx);
+            let output = self.session(true).run(&job.item, &job.ctx);
             if !self.conn.is_autocommit() {
                 if let Err(e) = self.conn.execute_batch("COMMIT") {
                     self.rollback();
                     reply_all_failed(vec![job], SqlError::from(e));
                     continue;
                 }
+                self.committed();
             }
             self.count(&output);
             let _ = job.reply.send(JobReply {
@@ -205,10 +235,17 @@ impl Writer {
     }
 
     /// Runs a job that manages transactions itself, outside any group.
-    fn run_solo(&self, job: Job) {
-        let output = self.session().run(&job.item, &job.ctx);
+    fn run_solo(&self, job: Job, upgrade_from: Option<u64>) {
+        if let Some(snapshot) = upgrade_from {
+            if let Err(e) = self.begin_upgrade(snapshot) {
+                return reply_all_failed(vec![job], e);
+            }
+        }
+        let output = self.session(false).run(&job.item, &job.ctx);
         self.count(&output);
         if self.conn.is_autocommit() {
+            self.committed();
+            self.reset_connection_settings();
             let _ = job.reply.send(JobReply {
                 output,
                 txn: TxnState::Closed,
@@ -218,9 +255,35 @@ impl Writer {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let _ = job.reply.send(JobReply {
             output,
-            txn: TxnState::Opened(Lease { tx }),
+            txn: TxnState::Opened(Lease {
+                tx,
+                kind: LeaseKind::Writer,
+            }),
         });
         self.serve_lease(rx);
+        self.committed();
+        self.reset_connection_settings();
+    }
+
+    /// Opens the writer's side of a read transaction that now writes, if
+    /// the reader's snapshot is still the newest state of the database.
+    fn begin_upgrade(&self, snapshot: u64) -> Result<(), SqlError> {
+        if self.commits.load(Ordering::Acquire) != snapshot {
+            return Err(SqlError::new(
+                "SQLITE_BUSY",
+                "SQLite error: database is locked: another write committed since this transaction \
+                 began, so it cannot start writing; roll back and retry the transaction",
+            ));
+        }
+        self.conn.execute_batch("BEGIN DEFERRED").map_err(SqlError::from)
+    }
+
+    /// `PRAGMA foreign_keys` is the one connection setting clients may
+    /// change; outside a transaction it would outlive the job, so restore it.
+    fn reset_connection_settings(&self) {
+        if let Err(e) = self.guard.internal(|| self.conn.execute_batch("PRAGMA foreign_keys = ON")) {
+            tracing::error!(error = %e, "restoring foreign_keys on the writer failed");
+        }
     }
 
     /// Serves one stream's transaction until it ends, its lease is dropped,
@@ -229,7 +292,7 @@ impl Writer {
         loop {
             match rx.recv_timeout(self.idle_timeout) {
                 Ok(job) => {
-                    let output = self.session().run(&job.item, &job.ctx);
+                    let output = self.session(false).run(&job.item, &job.ctx);
                     self.count(&output);
                     let open = !self.conn.is_autocommit();
                     let txn = if open { TxnState::StillOpen } else { TxnState::Closed };
