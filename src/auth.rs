@@ -112,7 +112,9 @@ impl Authenticator {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::unauthorized("The Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("The Authorization header must be `Bearer <token>`")
+            })?;
         self.authenticate_token(Some(token.trim()))
     }
 
@@ -124,14 +126,15 @@ impl Authenticator {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authentication required: no token given"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    ApiError::unauthorized("The token has expired")
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                        ApiError::unauthorized("The token has expired")
+                    }
+                    _ => ApiError::unauthorized(format!("Invalid token: {e}")),
                 }
-                _ => ApiError::unauthorized(format!("Invalid token: {e}")),
-            }
-        })?;
+            })?;
         match data.claims.a.as_deref() {
             None | Some("rw") => Ok(Access::ReadWrite),
             Some("ro") => Ok(Access::ReadOnly),
@@ -185,7 +188,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Signs a token with the private key in `dir`.
-pub fn mint_token(dir: &Path, access: Access, expires: Option<Duration>) -> Result<String, KeyError> {
+pub fn mint_token(
+    dir: &Path,
+    access: Access,
+    expires: Option<Duration>,
+) -> Result<String, KeyError> {
     let path = dir.join(PRIVATE_KEY_FILE);
     let pem = std::fs::read(&path).map_err(|source| KeyError::Read {
         path: path.display().to_string(),
@@ -220,13 +227,20 @@ mod tests {
     fn mint_and_verify_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert!(generate_keys(dir.path()).unwrap());
-        assert!(!generate_keys(dir.path()).unwrap(), "second init keeps the keys");
+        assert!(
+            !generate_keys(dir.path()).unwrap(),
+            "second init keeps the keys"
+        );
         let auth = Authenticator::from_public_key_file(&dir.path().join(PUBLIC_KEY_FILE)).unwrap();
         let rw = mint_token(dir.path(), Access::ReadWrite, None).unwrap();
         let ro = mint_token(dir.path(), Access::ReadOnly, Some(Duration::from_secs(60))).unwrap();
-        assert_eq!(auth.authenticate_token(Some(&rw)).unwrap(), Access::ReadWrite);
         assert_eq!(
-            auth.authenticate_header(Some(&format!("Bearer {ro}"))).unwrap(),
+            auth.authenticate_token(Some(&rw)).unwrap(),
+            Access::ReadWrite
+        );
+        assert_eq!(
+            auth.authenticate_header(Some(&format!("Bearer {ro}")))
+                .unwrap(),
             Access::ReadOnly
         );
     }
@@ -240,7 +254,10 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         generate_keys(other.path()).unwrap();
         let forged = mint_token(other.path(), Access::ReadWrite, None).unwrap();
-        assert_eq!(auth.authenticate_token(Some(&forged)).unwrap_err().status, 401);
+        assert_eq!(
+            auth.authenticate_token(Some(&forged)).unwrap_err().status,
+            401
+        );
         let expired = mint_token(dir.path(), Access::ReadWrite, Some(Duration::ZERO)).unwrap();
         std::thread::sleep(Duration::from_millis(1100));
         let err = auth.authenticate_token(Some(&expired)).unwrap_err();

@@ -23,7 +23,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
@@ -62,7 +62,7 @@ pub struct AdminConfig {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// PEM Ed25519 public key that verifies client JWTs. Empty: use
@@ -155,15 +155,6 @@ impl Default for AdminConfig {
     }
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            jwt_public_key: None,
-            allow_unauthenticated_public: false,
-        }
-    }
-}
-
 impl Default for DbConfig {
     fn default() -> Self {
         Self {
@@ -199,20 +190,6 @@ impl Default for LogConfig {
         Self {
             format: "text".into(),
             level: "info,actix_server=warn".into(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node: NodeConfig::default(),
-            api: ApiConfig::default(),
-            admin: AdminConfig::default(),
-            auth: AuthConfig::default(),
-            db: DbConfig::default(),
-            limits: Limits::default(),
-            log: LogConfig::default(),
         }
     }
 }
@@ -268,7 +245,10 @@ impl Config {
             ("limits.max_response_rows", self.limits.max_response_rows),
             ("limits.max_response_bytes", self.limits.max_response_bytes),
             ("limits.max_streams", self.limits.max_streams),
-            ("limits.max_ws_message_bytes", self.limits.max_ws_message_bytes),
+            (
+                "limits.max_ws_message_bytes",
+                self.limits.max_ws_message_bytes,
+            ),
             ("limits.writer_queue", self.limits.writer_queue),
             ("limits.reader_queue", self.limits.reader_queue),
         ];
@@ -280,7 +260,10 @@ impl Config {
         if self.limits.stream_idle_timeout.is_zero() {
             return invalid("limits.stream_idle_timeout must be greater than 0".into());
         }
-        for (name, addr) in [("api.listen", &self.api.listen), ("admin.listen", &self.admin.listen)] {
+        for (name, addr) in [
+            ("api.listen", &self.api.listen),
+            ("admin.listen", &self.admin.listen),
+        ] {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::Invalid(format!("{name} = {addr:?}: {e}")))?;
         }
@@ -358,15 +341,25 @@ mod tests {
     fn config_file_matches_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/outpost.toml");
         let loaded = Config::load(Some(&path), Vec::new()).unwrap();
-        assert_eq!(loaded, Config::default(), "config/outpost.toml drifted from the defaults");
+        assert_eq!(
+            loaded,
+            Config::default(),
+            "config/outpost.toml drifted from the defaults"
+        );
     }
 
     #[test]
     fn env_overrides_file() {
         let env = vec![
             ("OUTPOST_DB_READERS".to_string(), "7".to_string()),
-            ("OUTPOST_API_LISTEN".to_string(), "127.0.0.1:1234".to_string()),
-            ("OUTPOST_LIMITS_STREAM_IDLE_TIMEOUT".to_string(), "3s".to_string()),
+            (
+                "OUTPOST_API_LISTEN".to_string(),
+                "127.0.0.1:1234".to_string(),
+            ),
+            (
+                "OUTPOST_LIMITS_STREAM_IDLE_TIMEOUT".to_string(),
+                "3s".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let c = Config::load(None, env).unwrap();

@@ -41,7 +41,10 @@ impl From<rusqlite::Error> for SqlError {
         match &err {
             rusqlite::Error::SqliteFailure(ffi, msg) => {
                 let detail = msg.clone().unwrap_or_else(|| ffi.to_string());
-                SqlError::new(sqlite_code_name(ffi.code), format!("SQLite error: {detail}"))
+                SqlError::new(
+                    sqlite_code_name(ffi.code),
+                    format!("SQLite error: {detail}"),
+                )
             }
             rusqlite::Error::SqlInputError { error, msg, .. } => {
                 SqlError::new(sqlite_code_name(error.code), format!("SQLite error: {msg}"))

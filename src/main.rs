@@ -173,7 +173,10 @@ fn main() -> Result<()> {
             }))?;
             Ok(())
         }
-        Command::Init { common, self_signed } => {
+        Command::Init {
+            common,
+            self_signed,
+        } => {
             let config = load_config(&common)?;
             let keys = config.keys_dir();
             if auth::generate_keys(&keys)? {
@@ -189,7 +192,10 @@ fn main() -> Result<()> {
                     println!("TLS certificate already exists in {}", dir.display());
                 }
             }
-            println!("mint a client token with: outpost token --data-dir {}", config.node.data_dir.display());
+            println!(
+                "mint a client token with: outpost token --data-dir {}",
+                config.node.data_dir.display()
+            );
             Ok(())
         }
         Command::Token {
@@ -202,7 +208,11 @@ fn main() -> Result<()> {
                 bail!("--tables (per-table permissions) is not yet available in this version");
             }
             let config = load_config(&common)?;
-            let access = if read_only { Access::ReadOnly } else { Access::ReadWrite };
+            let access = if read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            };
             let token = auth::mint_token(&config.keys_dir(), access, expires)
                 .with_context(|| "run `outpost init` first to create the node's key")?;
             println!("{token}");
@@ -232,9 +242,13 @@ fn http_get(base: &str, path: &str) -> Result<(u16, String)> {
         .strip_prefix("http://")
         .context("the admin URL must start with http://")?
         .trim_end_matches('/');
-    let mut stream = TcpStream::connect(hostport).with_context(|| format!("cannot reach {base}"))?;
+    let mut stream =
+        TcpStream::connect(hostport).with_context(|| format!("cannot reach {base}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
@@ -261,12 +275,28 @@ fn status(base: &str) -> Result<()> {
     let version: serde_json::Value = serde_json::from_str(version.trim()).unwrap_or_default();
     let rows = [
         ("admin", base.to_string()),
-        ("version", version["version"].as_str().unwrap_or("?").to_string()),
-        ("ready", if ready == 200 { "yes".into() } else { format!("no ({ready})") }),
+        (
+            "version",
+            version["version"].as_str().unwrap_or("?").to_string(),
+        ),
+        (
+            "ready",
+            if ready == 200 {
+                "yes".into()
+            } else {
+                format!("no ({ready})")
+            },
+        ),
         ("open streams", metric(&metrics, "outpost_streams_open")),
-        ("writer queue", metric(&metrics, "outpost_writer_queue_depth")),
+        (
+            "writer queue",
+            metric(&metrics, "outpost_writer_queue_depth"),
+        ),
         ("db size (bytes)", metric(&metrics, "outpost_db_size_bytes")),
-        ("rss (bytes)", metric(&metrics, "process_resident_memory_bytes")),
+        (
+            "rss (bytes)",
+            metric(&metrics, "process_resident_memory_bytes"),
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<16} {v}");

@@ -34,7 +34,10 @@ impl Metrics {
         let registry = Registry::new();
         let m = Metrics {
             http_requests_total: IntCounterVec::new(
-                Opts::new("outpost_http_requests_total", "HTTP requests by route and status."),
+                Opts::new(
+                    "outpost_http_requests_total",
+                    "HTTP requests by route and status.",
+                ),
                 &["route", "status"],
             )
             .expect("valid metric"),
@@ -73,7 +76,10 @@ impl Metrics {
             )
             .expect("valid metric"),
             statements_total: IntCounterVec::new(
-                Opts::new("outpost_statements_total", "SQL statements executed by outcome."),
+                Opts::new(
+                    "outpost_statements_total",
+                    "SQL statements executed by outcome.",
+                ),
                 &["target", "outcome"],
             )
             .expect("valid metric"),
@@ -143,10 +149,18 @@ mod tests {
     #[test]
     fn renders_every_family_with_prefix() {
         let m = super::Metrics::new();
-        m.http_requests_total.with_label_values(&["pipeline", "200"]).inc();
-        m.statements_total.with_label_values(&["writer", "ok"]).inc();
-        m.rejected_total.with_label_values(&["body_too_large"]).inc();
-        m.http_request_duration_seconds.with_label_values(&["pipeline"]).observe(0.001);
+        m.http_requests_total
+            .with_label_values(&["pipeline", "200"])
+            .inc();
+        m.statements_total
+            .with_label_values(&["writer", "ok"])
+            .inc();
+        m.rejected_total
+            .with_label_values(&["body_too_large"])
+            .inc();
+        m.http_request_duration_seconds
+            .with_label_values(&["pipeline"])
+            .observe(0.001);
         let text = m.render();
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();

@@ -58,7 +58,10 @@ impl Bound {
     /// The line tests and scripts wait for on stdout.
     pub fn ready_line(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("READY api={scheme}://{} admin=http://{}", self.api, self.admin)
+        format!(
+            "READY api={scheme}://{} admin=http://{}",
+            self.api, self.admin
+        )
     }
 }
 
@@ -86,7 +89,9 @@ fn check_exposure(config: &Config, auth: &Authenticator) -> Result<(), ServeErro
              `outpost token`), or listen on 127.0.0.1."
         )));
     }
-    tracing::warn!("serving without authentication (loopback only): run `outpost init` to enable JWT auth");
+    tracing::warn!(
+        "serving without authentication (loopback only): run `outpost init` to enable JWT auth"
+    );
     Ok(())
 }
 
@@ -110,7 +115,10 @@ fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(ServeError::Tls(format!("{}: no certificate found", cert.display())));
+        return Err(ServeError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
     }
     let key_der = rustls_pemfile::private_key(&mut open(key)?)
         .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?
@@ -134,7 +142,9 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     })?;
     let metrics = Arc::new(Metrics::new());
     let db = Arc::new(Database::open(&config, Arc::clone(&metrics))?);
-    let tls = tls_files(&config).map(|(c, k)| load_tls(&c, &k)).transpose()?;
+    let tls = tls_files(&config)
+        .map(|(c, k)| load_tls(&c, &k))
+        .transpose()?;
     let state = web::Data::new(AppState {
         streams: HttpStreams::new(
             config.limits.max_streams,
@@ -168,7 +178,9 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
         Some(tls) => api
             .bind_rustls_0_23(&config.api.listen, tls)
             .map_err(bind_err(&config.api.listen))?,
-        None => api.bind(&config.api.listen).map_err(bind_err(&config.api.listen))?,
+        None => api
+            .bind(&config.api.listen)
+            .map_err(bind_err(&config.api.listen))?,
     };
     let admin_state = state.clone();
     let admin = HttpServer::new(move || {
@@ -206,7 +218,9 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     drop(state);
     match Arc::try_unwrap(db) {
         Ok(db) => db.shutdown(),
-        Err(_) => tracing::warn!("database still referenced at shutdown; skipping the final checkpoint"),
+        Err(_) => {
+            tracing::warn!("database still referenced at shutdown; skipping the final checkpoint")
+        }
     }
     tracing::info!("stopped");
     Ok(())
@@ -246,7 +260,8 @@ pub fn write_self_signed(data_dir: &Path) -> Result<bool, ServeError> {
     }
     std::fs::create_dir_all(&dir)?;
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| ServeError::Tls(e.to_string()))?;
     std::fs::write(&cert_path, certified.cert.pem())?;
     std::fs::write(&key_path, certified.signing_key.serialize_pem())?;
     Ok(true)

@@ -34,8 +34,12 @@ async fn ready(app: web::Data<AppState>) -> HttpResponse {
     };
     let stmt = libsql_hrana::proto::Stmt::new("SELECT 1", true);
     match app.db.run(WorkItem::Execute(stmt), ctx, None).await {
-        Ok(reply) if reply.output.is_ok() => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
-        _ => HttpResponse::ServiceUnavailable().content_type("text/plain").body("database not ready\n"),
+        Ok(reply) if reply.output.is_ok() => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
+        _ => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("database not ready\n"),
     }
 }
 

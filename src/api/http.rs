@@ -21,7 +21,10 @@ fn authenticate(app: &AppState, req: &HttpRequest) -> Result<Access, ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     app.auth.authenticate_header(header).inspect_err(|_| {
-        app.metrics.rejected_total.with_label_values(&["auth"]).inc();
+        app.metrics
+            .rejected_total
+            .with_label_values(&["auth"])
+            .inc();
     })
 }
 
@@ -33,7 +36,10 @@ async fn read_body(app: &AppState, mut payload: web::Payload) -> Result<web::Byt
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request("BODY_INVALID", e.to_string()))?;
         if body.len() + chunk.len() > max {
-            app.metrics.rejected_total.with_label_values(&["body_too_large"]).inc();
+            app.metrics
+                .rejected_total
+                .with_label_values(&["body_too_large"])
+                .inc();
             return Err(ApiError::too_large(
                 "BODY_TOO_LARGE",
                 format!("The request body is larger than {max} bytes (limits.max_body_bytes)"),
@@ -47,20 +53,29 @@ async fn read_body(app: &AppState, mut payload: web::Payload) -> Result<web::Byt
 /// Parses a JSON body with an error message that says what is wrong.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("REQUEST_INVALID", format!("The request body is not valid Hrana JSON: {e}"))
+        ApiError::bad_request(
+            "REQUEST_INVALID",
+            format!("The request body is not valid Hrana JSON: {e}"),
+        )
     })
 }
 
 fn json_response<T: serde::Serialize>(value: &T) -> Result<HttpResponse, ApiError> {
-    let body = serde_json::to_vec(value).map_err(|e| ApiError::internal(format!("encoding the response failed: {e}")))?;
-    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+    let body = serde_json::to_vec(value)
+        .map_err(|e| ApiError::internal(format!("encoding the response failed: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// Refuses work up front when the database queues are full, so a client
 /// gets a 429 before anything of its pipeline ran.
 fn admit(app: &AppState) -> Result<(), ApiError> {
     if app.db.saturated() {
-        app.metrics.rejected_total.with_label_values(&["queue_full"]).inc();
+        app.metrics
+            .rejected_total
+            .with_label_values(&["queue_full"])
+            .inc();
         return Err(ApiError::overloaded(
             "OVERLOADED",
             "The database queues are full (limits.writer_queue / limits.reader_queue); retry later",
@@ -72,7 +87,10 @@ fn admit(app: &AppState) -> Result<(), ApiError> {
 fn check_pipeline_len(app: &AppState, len: usize) -> Result<(), ApiError> {
     let max = app.config.limits.max_batch_steps;
     if len > max {
-        app.metrics.rejected_total.with_label_values(&["pipeline_too_long"]).inc();
+        app.metrics
+            .rejected_total
+            .with_label_values(&["pipeline_too_long"])
+            .inc();
         return Err(ApiError::too_large(
             "PIPELINE_TOO_LARGE",
             format!("The pipeline has {len} requests; the limit is {max} (limits.max_batch_steps)"),
@@ -97,7 +115,10 @@ pub async fn pipeline(
     let mut closed = false;
     for request in body.requests {
         if closed {
-            results.push(error_result(SqlError::new("STREAM_CLOSED", "The stream was closed earlier in this pipeline")));
+            results.push(error_result(SqlError::new(
+                "STREAM_CLOSED",
+                "The stream was closed earlier in this pipeline",
+            )));
             continue;
         }
         closed = matches!(request, StreamRequest::Close(_));
@@ -117,7 +138,9 @@ pub async fn pipeline(
 }
 
 fn error_result(e: SqlError) -> StreamResult {
-    StreamResult::Error { error: e.to_hrana() }
+    StreamResult::Error {
+        error: e.to_hrana(),
+    }
 }
 
 /// `/v3/cursor`: runs a batch and streams its rows as newline-delimited
@@ -134,17 +157,28 @@ pub async fn cursor(
     let caller = Caller { app: &app, access };
     let mut stream = app.streams.check_out(body.baton.as_deref())?;
     let out = &mut *stream;
-    let result = caller.run_batch(&mut out.state, &out.sqls, body.batch).await;
+    let result = caller
+        .run_batch(&mut out.state, &out.sqls, body.batch)
+        .await;
     let baton = app.streams.check_in(stream, false);
     let mut lines = Vec::new();
-    write_line(&mut lines, &CursorRespBody { baton, base_url: None })?;
+    write_line(
+        &mut lines,
+        &CursorRespBody {
+            baton,
+            base_url: None,
+        },
+    )?;
     match result {
         Ok(batch) => {
             for entry in cursor_entries(&batch) {
                 write_line(&mut lines, &entry)?;
             }
         }
-        Err(e) => write_line(&mut lines, &serde_json::json!({"type": "error", "error": e.to_hrana()}))?,
+        Err(e) => write_line(
+            &mut lines,
+            &serde_json::json!({"type": "error", "error": e.to_hrana()}),
+        )?,
     }
     Ok(HttpResponse::Ok().content_type("text/plain").body(lines))
 }
@@ -160,7 +194,12 @@ fn write_line<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), A
 pub fn cursor_entries(batch: &BatchResult) -> Vec<serde_json::Value> {
     use serde_json::json;
     let mut entries = Vec::new();
-    for (step, (result, error)) in batch.step_results.iter().zip(&batch.step_errors).enumerate() {
+    for (step, (result, error)) in batch
+        .step_results
+        .iter()
+        .zip(&batch.step_errors)
+        .enumerate()
+    {
         if let Some(result) = result {
             entries.push(json!({"type": "step_begin", "step": step, "cols": result.cols}));
             for row in &result.rows {
@@ -200,7 +239,10 @@ pub async fn v1_execute(
     admit(&app)?;
     let caller = Caller { app: &app, access };
     let mut stream = StreamState::default();
-    match caller.run_stmt(&mut stream, &SqlStore::default(), body.stmt).await {
+    match caller
+        .run_stmt(&mut stream, &SqlStore::default(), body.stmt)
+        .await
+    {
         Ok(result) => json_response(&serde_json::json!({ "result": result })),
         Err(e) => Ok(HttpResponse::BadRequest().json(e.to_hrana())),
     }
@@ -218,7 +260,10 @@ pub async fn v1_batch(
     admit(&app)?;
     let caller = Caller { app: &app, access };
     let mut stream = StreamState::default();
-    match caller.run_batch(&mut stream, &SqlStore::default(), body.batch).await {
+    match caller
+        .run_batch(&mut stream, &SqlStore::default(), body.batch)
+        .await
+    {
         Ok(result) => json_response(&serde_json::json!({ "result": result })),
         Err(e) => Ok(HttpResponse::BadRequest().json(e.to_hrana())),
     }

@@ -63,7 +63,9 @@ pub async fn observe(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let metrics = req.app_data::<web::Data<AppState>>().map(|a| Arc::clone(&a.metrics));
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|a| Arc::clone(&a.metrics));
     let res = next.call(req).await;
     if let Some(metrics) = metrics {
         let status = match &res {

@@ -65,7 +65,10 @@ impl SqlStore {
         match (sql, sql_id) {
             (Some(sql), None) => Ok(sql),
             (None, Some(id)) => self.sqls.get(&id).cloned().ok_or_else(|| {
-                SqlError::new("SQL_NOT_FOUND", format!("No SQL text is stored under id {id}"))
+                SqlError::new(
+                    "SQL_NOT_FOUND",
+                    format!("No SQL text is stored under id {id}"),
+                )
             }),
             (Some(_), Some(_)) => Err(SqlError::new(
                 "SQL_ID_AND_TEXT",
@@ -109,8 +112,16 @@ impl Caller<'_> {
     }
 
     /// Runs `item` for `stream`, keeping its lease up to date.
-    pub async fn run(&self, stream: &mut StreamState, item: WorkItem) -> Result<WorkOutput, SqlError> {
-        let reply = self.app.db.run(item, self.ctx(), stream.lease.as_ref()).await;
+    pub async fn run(
+        &self,
+        stream: &mut StreamState,
+        item: WorkItem,
+    ) -> Result<WorkOutput, SqlError> {
+        let reply = self
+            .app
+            .db
+            .run(item, self.ctx(), stream.lease.as_ref())
+            .await;
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
@@ -157,11 +168,18 @@ impl Caller<'_> {
         sqls.resolve_stmt(&mut stmt)?;
         match self.run(stream, WorkItem::Execute(stmt)).await? {
             WorkOutput::Execute(result) => Ok(result),
-            _ => Err(SqlError::new("INTERNAL", "unexpected output for a statement")),
+            _ => Err(SqlError::new(
+                "INTERNAL",
+                "unexpected output for a statement",
+            )),
         }
     }
 
-    pub async fn run_sequence(&self, stream: &mut StreamState, sql: String) -> Result<(), SqlError> {
+    pub async fn run_sequence(
+        &self,
+        stream: &mut StreamState,
+        sql: String,
+    ) -> Result<(), SqlError> {
         self.run(stream, WorkItem::Sequence(sql)).await.map(|_| ())
     }
 
@@ -172,7 +190,10 @@ impl Caller<'_> {
     ) -> Result<libsql_hrana::proto::DescribeResult, SqlError> {
         match self.run(stream, WorkItem::Describe(sql)).await? {
             WorkOutput::Describe(result) => Ok(result),
-            _ => Err(SqlError::new("INTERNAL", "unexpected output for a describe")),
+            _ => Err(SqlError::new(
+                "INTERNAL",
+                "unexpected output for a describe",
+            )),
         }
     }
 
@@ -210,9 +231,11 @@ impl Caller<'_> {
                 sqls.close(req.sql_id);
                 StreamResponse::CloseSql(CloseSqlStreamResp {})
             }
-            StreamRequest::GetAutocommit(_) => StreamResponse::GetAutocommit(GetAutocommitStreamResp {
-                is_autocommit: stream.lease.is_none(),
-            }),
+            StreamRequest::GetAutocommit(_) => {
+                StreamResponse::GetAutocommit(GetAutocommitStreamResp {
+                    is_autocommit: stream.lease.is_none(),
+                })
+            }
             StreamRequest::Close(_) => {
                 stream.lease = None;
                 StreamResponse::Close(CloseStreamResp {})
@@ -296,7 +319,12 @@ impl HttpStreams {
     }
 
     fn parse_baton(&self, baton: &str) -> Result<(u64, u64), ApiError> {
-        let invalid = || ApiError::bad_request("BATON_INVALID", "The baton is invalid: it was not issued by this server");
+        let invalid = || {
+            ApiError::bad_request(
+                "BATON_INVALID",
+                "The baton is invalid: it was not issued by this server",
+            )
+        };
         let raw = URL_SAFE_NO_PAD.decode(baton).map_err(|_| invalid())?;
         if raw.len() != BATON_LEN {
             return Err(invalid());
@@ -338,7 +366,10 @@ impl HttpStreams {
     fn open(&self) -> Result<CheckedOut, ApiError> {
         let mut streams = self.streams.lock();
         if streams.len() >= self.max {
-            self.metrics.rejected_total.with_label_values(&["max_streams"]).inc();
+            self.metrics
+                .rejected_total
+                .with_label_values(&["max_streams"])
+                .inc();
             return Err(ApiError::overloaded(
                 "STREAMS_EXHAUSTED",
                 format!("Too many open streams (limits.max_streams = {})", self.max),
@@ -412,12 +443,21 @@ mod tests {
         let baton = s.check_in(out, false).unwrap();
         let out = s.check_out(Some(&baton)).unwrap();
         let next = s.check_in(out, false).unwrap();
-        assert_eq!(s.check_out(Some(&baton)).err().unwrap().code, "BATON_REUSED");
+        assert_eq!(
+            s.check_out(Some(&baton)).err().unwrap().code,
+            "BATON_REUSED"
+        );
         let mut forged = URL_SAFE_NO_PAD.decode(&next).unwrap();
         forged[15] ^= 1;
         let forged = URL_SAFE_NO_PAD.encode(forged);
-        assert_eq!(s.check_out(Some(&forged)).err().unwrap().code, "BATON_INVALID");
-        assert_eq!(s.check_out(Some("garbage!")).err().unwrap().code, "BATON_INVALID");
+        assert_eq!(
+            s.check_out(Some(&forged)).err().unwrap().code,
+            "BATON_INVALID"
+        );
+        assert_eq!(
+            s.check_out(Some("garbage!")).err().unwrap().code,
+            "BATON_INVALID"
+        );
         assert!(s.check_out(Some(&next)).is_ok());
     }
 
@@ -432,6 +472,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         s.expire_idle();
         assert!(s.is_empty());
-        assert_eq!(s.check_out(Some(&baton)).err().unwrap().code, "STREAM_EXPIRED");
+        assert_eq!(
+            s.check_out(Some(&baton)).err().unwrap().code,
+            "STREAM_EXPIRED"
+        );
     }
 }

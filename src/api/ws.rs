@@ -36,13 +36,32 @@ enum ClientMsg {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WsRequest {
-    OpenStream { stream_id: i32 },
-    CloseStream { stream_id: i32 },
-    Execute { stream_id: i32, stmt: Stmt },
-    Batch { stream_id: i32, batch: Batch },
-    OpenCursor { stream_id: i32, cursor_id: i32, batch: Batch },
-    CloseCursor { cursor_id: i32 },
-    FetchCursor { cursor_id: i32, max_count: u32 },
+    OpenStream {
+        stream_id: i32,
+    },
+    CloseStream {
+        stream_id: i32,
+    },
+    Execute {
+        stream_id: i32,
+        stmt: Stmt,
+    },
+    Batch {
+        stream_id: i32,
+        batch: Batch,
+    },
+    OpenCursor {
+        stream_id: i32,
+        cursor_id: i32,
+        batch: Batch,
+    },
+    CloseCursor {
+        cursor_id: i32,
+    },
+    FetchCursor {
+        cursor_id: i32,
+        max_count: u32,
+    },
     Sequence {
         stream_id: i32,
         #[serde(default)]
@@ -57,9 +76,16 @@ enum WsRequest {
         #[serde(default)]
         sql_id: Option<i32>,
     },
-    StoreSql { sql_id: i32, sql: String },
-    CloseSql { sql_id: i32 },
-    GetAutocommit { stream_id: i32 },
+    StoreSql {
+        sql_id: i32,
+        sql: String,
+    },
+    CloseSql {
+        sql_id: i32,
+    },
+    GetAutocommit {
+        stream_id: i32,
+    },
 }
 
 /// Per-connection state.
@@ -86,7 +112,11 @@ pub async fn upgrade(
     Ok(response)
 }
 
-async fn serve(app: web::Data<AppState>, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
+async fn serve(
+    app: web::Data<AppState>,
+    mut session: Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+) {
     app.metrics.ws_connections_open.inc();
     let mut conn = Conn {
         access: None,
@@ -108,7 +138,9 @@ async fn serve(app: web::Data<AppState>, mut session: Session, mut stream: actix
             }
             Ok(AggregatedMessage::Pong(_)) => continue,
             Ok(AggregatedMessage::Binary(_)) => {
-                break Some(protocol_error("Binary messages are not supported; use JSON text"));
+                break Some(protocol_error(
+                    "Binary messages are not supported; use JSON text",
+                ));
             }
             Ok(AggregatedMessage::Close(_)) => break None,
             Err(e) => {
@@ -142,7 +174,11 @@ fn protocol_error(message: &str) -> CloseReason {
 }
 
 /// Handles one client message; `Err` closes the connection.
-async fn handle_message(app: &AppState, conn: &mut Conn, text: &str) -> Result<Option<Json>, CloseReason> {
+async fn handle_message(
+    app: &AppState,
+    conn: &mut Conn,
+    text: &str,
+) -> Result<Option<Json>, CloseReason> {
     let msg: ClientMsg = serde_json::from_str(text)
         .map_err(|e| protocol_error(&format!("invalid Hrana message: {e}")))?;
     match msg {
@@ -152,41 +188,68 @@ async fn handle_message(app: &AppState, conn: &mut Conn, text: &str) -> Result<O
                 Ok(Some(json!({"type": "hello_ok"})))
             }
             Err(e) => {
-                app.metrics.rejected_total.with_label_values(&["auth"]).inc();
+                app.metrics
+                    .rejected_total
+                    .with_label_values(&["auth"])
+                    .inc();
                 conn.access = None;
-                Ok(Some(json!({"type": "hello_error", "error": {"message": e.message, "code": e.code}})))
+                Ok(Some(
+                    json!({"type": "hello_error", "error": {"message": e.message, "code": e.code}}),
+                ))
             }
         },
-        ClientMsg::Request { request_id, request } => {
+        ClientMsg::Request {
+            request_id,
+            request,
+        } => {
             let Some(access) = conn.access else {
-                return Err(protocol_error("a request arrived before a successful hello"));
+                return Err(protocol_error(
+                    "a request arrived before a successful hello",
+                ));
             };
             let caller = Caller { app, access };
             Ok(Some(match handle_request(&caller, conn, request).await {
-                Ok(response) => json!({"type": "response_ok", "request_id": request_id, "response": response}),
-                Err(e) => json!({"type": "response_error", "request_id": request_id, "error": e.to_hrana()}),
+                Ok(response) => {
+                    json!({"type": "response_ok", "request_id": request_id, "response": response})
+                }
+                Err(e) => {
+                    json!({"type": "response_error", "request_id": request_id, "error": e.to_hrana()})
+                }
             }))
         }
     }
 }
 
 fn stream_of(conn: &mut Conn, id: i32) -> Result<&mut StreamState, SqlError> {
-    conn.streams
-        .get_mut(&id)
-        .ok_or_else(|| SqlError::new("STREAM_NOT_FOUND", format!("No stream {id} is open on this connection")))
+    conn.streams.get_mut(&id).ok_or_else(|| {
+        SqlError::new(
+            "STREAM_NOT_FOUND",
+            format!("No stream {id} is open on this connection"),
+        )
+    })
 }
 
-async fn handle_request(caller: &Caller<'_>, conn: &mut Conn, request: WsRequest) -> Result<Json, SqlError> {
+async fn handle_request(
+    caller: &Caller<'_>,
+    conn: &mut Conn,
+    request: WsRequest,
+) -> Result<Json, SqlError> {
     let limits = &caller.app.config.limits;
     Ok(match request {
         WsRequest::OpenStream { stream_id } => {
             if conn.streams.contains_key(&stream_id) {
-                return Err(SqlError::new("STREAM_EXISTS", format!("Stream {stream_id} is already open")));
+                return Err(SqlError::new(
+                    "STREAM_EXISTS",
+                    format!("Stream {stream_id} is already open"),
+                ));
             }
             if conn.streams.len() >= limits.max_streams {
                 return Err(SqlError::new(
                     "STREAMS_EXHAUSTED",
-                    format!("Too many open streams (limits.max_streams = {})", limits.max_streams),
+                    format!(
+                        "Too many open streams (limits.max_streams = {})",
+                        limits.max_streams
+                    ),
                 ));
             }
             conn.streams.insert(stream_id, StreamState::default());
@@ -201,25 +264,44 @@ async fn handle_request(caller: &Caller<'_>, conn: &mut Conn, request: WsRequest
         }
         WsRequest::Execute { stream_id, stmt } => {
             let sqls = &conn.sqls;
-            let stream = conn.streams.get_mut(&stream_id).ok_or_else(|| missing(stream_id))?;
+            let stream = conn
+                .streams
+                .get_mut(&stream_id)
+                .ok_or_else(|| missing(stream_id))?;
             let result = caller.run_stmt(stream, sqls, stmt).await?;
             json!({"type": "execute", "result": result})
         }
         WsRequest::Batch { stream_id, batch } => {
             let sqls = &conn.sqls;
-            let stream = conn.streams.get_mut(&stream_id).ok_or_else(|| missing(stream_id))?;
+            let stream = conn
+                .streams
+                .get_mut(&stream_id)
+                .ok_or_else(|| missing(stream_id))?;
             let result = caller.run_batch(stream, sqls, batch).await?;
             json!({"type": "batch", "result": result})
         }
-        WsRequest::OpenCursor { stream_id, cursor_id, batch } => {
+        WsRequest::OpenCursor {
+            stream_id,
+            cursor_id,
+            batch,
+        } => {
             if conn.cursors.contains_key(&cursor_id) {
-                return Err(SqlError::new("CURSOR_EXISTS", format!("Cursor {cursor_id} is already open")));
+                return Err(SqlError::new(
+                    "CURSOR_EXISTS",
+                    format!("Cursor {cursor_id} is already open"),
+                ));
             }
             if conn.cursors.len() >= limits.max_streams {
-                return Err(SqlError::new("CURSORS_EXHAUSTED", "Too many open cursors (limits.max_streams)"));
+                return Err(SqlError::new(
+                    "CURSORS_EXHAUSTED",
+                    "Too many open cursors (limits.max_streams)",
+                ));
             }
             let sqls = &conn.sqls;
-            let stream = conn.streams.get_mut(&stream_id).ok_or_else(|| missing(stream_id))?;
+            let stream = conn
+                .streams
+                .get_mut(&stream_id)
+                .ok_or_else(|| missing(stream_id))?;
             let entries = match caller.run_batch(stream, sqls, batch).await {
                 Ok(result) => cursor_entries(&result),
                 Err(e) => vec![json!({"type": "error", "error": e.to_hrana()})],
@@ -231,24 +313,38 @@ async fn handle_request(caller: &Caller<'_>, conn: &mut Conn, request: WsRequest
             conn.cursors.remove(&cursor_id);
             json!({"type": "close_cursor"})
         }
-        WsRequest::FetchCursor { cursor_id, max_count } => {
-            let cursor = conn
-                .cursors
-                .get_mut(&cursor_id)
-                .ok_or_else(|| SqlError::new("CURSOR_NOT_FOUND", format!("No cursor {cursor_id} is open")))?;
+        WsRequest::FetchCursor {
+            cursor_id,
+            max_count,
+        } => {
+            let cursor = conn.cursors.get_mut(&cursor_id).ok_or_else(|| {
+                SqlError::new("CURSOR_NOT_FOUND", format!("No cursor {cursor_id} is open"))
+            })?;
             let take = (max_count as usize).min(cursor.len());
             let entries: Vec<Json> = cursor.drain(..take).collect();
             let done = cursor.is_empty();
             json!({"type": "fetch_cursor", "entries": entries, "done": done})
         }
-        WsRequest::Sequence { stream_id, sql, sql_id } => {
+        WsRequest::Sequence {
+            stream_id,
+            sql,
+            sql_id,
+        } => {
             let sql = conn.sqls.resolve(sql, sql_id)?;
-            caller.run_sequence(stream_of(conn, stream_id)?, sql).await?;
+            caller
+                .run_sequence(stream_of(conn, stream_id)?, sql)
+                .await?;
             json!({"type": "sequence"})
         }
-        WsRequest::Describe { stream_id, sql, sql_id } => {
+        WsRequest::Describe {
+            stream_id,
+            sql,
+            sql_id,
+        } => {
             let sql = conn.sqls.resolve(sql, sql_id)?;
-            let result = caller.run_describe(stream_of(conn, stream_id)?, sql).await?;
+            let result = caller
+                .run_describe(stream_of(conn, stream_id)?, sql)
+                .await?;
             json!({"type": "describe", "result": result})
         }
         WsRequest::StoreSql { sql_id, sql } => {
@@ -267,5 +363,8 @@ async fn handle_request(caller: &Caller<'_>, conn: &mut Conn, request: WsRequest
 }
 
 fn missing(id: i32) -> SqlError {
-    SqlError::new("STREAM_NOT_FOUND", format!("No stream {id} is open on this connection"))
+    SqlError::new(
+        "STREAM_NOT_FOUND",
+        format!("No stream {id} is open on this connection"),
+    )
 }

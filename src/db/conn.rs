@@ -169,9 +169,14 @@ fn pragma_denial(name: &str, value: Option<&str>) -> Option<String> {
     }
     let value = value?;
     if is_internal(value.trim_matches(|c| c == '"' || c == '\'' || c == '`')) {
-        return Some(format!("Access to the internal table {value:?} is not allowed"));
+        return Some(format!(
+            "Access to the internal table {value:?} is not allowed"
+        ));
     }
-    if SETTABLE_PRAGMAS.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+    if SETTABLE_PRAGMAS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(name))
+    {
         None
     } else {
         Some(format!(
@@ -232,14 +237,17 @@ mod tests {
 
     fn open_tmp() -> (tempfile::TempDir, Connection, Arc<Guard>) {
         let dir = tempfile::tempdir().unwrap();
-        let (conn, guard) = open(&dir.path().join("t.db"), Role::Writer, &DbConfig::default()).unwrap();
+        let (conn, guard) =
+            open(&dir.path().join("t.db"), Role::Writer, &DbConfig::default()).unwrap();
         (dir, conn, guard)
     }
 
     #[test]
     fn denies_dangerous_statements_with_reasons() {
         let (_dir, conn, guard) = open_tmp();
-        guard.internal(|| conn.execute_batch("CREATE TABLE _outpost_meta(k, v)")).unwrap();
+        guard
+            .internal(|| conn.execute_batch("CREATE TABLE _outpost_meta(k, v)"))
+            .unwrap();
         let cases = [
             ("ATTACH 'x.db' AS x", "ATTACH"),
             ("SELECT load_extension('x')", "load_extension"),
@@ -248,12 +256,20 @@ mod tests {
             ("PRAGMA table_info(_outpost_meta)", "_outpost_meta"),
             ("DROP TABLE _OUTPOST_META", "internal"),
             ("PRAGMA synchronous = OFF", "synchronous"),
-            ("CREATE TRIGGER _outpost_x AFTER INSERT ON t BEGIN SELECT 1; END", "internal"),
+            (
+                "CREATE TRIGGER _outpost_x AFTER INSERT ON t BEGIN SELECT 1; END",
+                "internal",
+            ),
         ];
         conn.execute_batch("CREATE TABLE t(x)").unwrap();
         for (sql, word) in cases {
-            let err = conn.prepare(sql).err().unwrap_or_else(|| panic!("{sql} was allowed"));
-            let reason = guard.take_denial().unwrap_or_else(|| panic!("{sql}: {err}"));
+            let err = conn
+                .prepare(sql)
+                .err()
+                .unwrap_or_else(|| panic!("{sql} was allowed"));
+            let reason = guard
+                .take_denial()
+                .unwrap_or_else(|| panic!("{sql}: {err}"));
             assert!(reason.contains(word), "{sql}: {reason}");
         }
     }
@@ -278,6 +294,7 @@ mod dialect_tests {
     fn libsql_readonly_begin_parses() {
         let dir = tempfile::tempdir().unwrap();
         let (conn, _) = open(&dir.path().join("t.db"), Role::Reader, &DbConfig::default()).unwrap();
-        conn.execute_batch("BEGIN TRANSACTION READONLY; SELECT 1; COMMIT;").unwrap();
+        conn.execute_batch("BEGIN TRANSACTION READONLY; SELECT 1; COMMIT;")
+            .unwrap();
     }
 }

@@ -80,7 +80,10 @@ impl Session<'_> {
             WorkItem::Execute(stmt) => self.execute(stmt, ctx).map(WorkOutput::Execute),
             WorkItem::Batch(batch) => self.batch(batch, ctx).map(WorkOutput::Batch),
             WorkItem::Sequence(sql) => self.sequence(sql, ctx).map(|()| WorkOutput::Sequence),
-            WorkItem::Describe(sql) => self.describe(sql).map(WorkOutput::Describe).map_err(Into::into),
+            WorkItem::Describe(sql) => self
+                .describe(sql)
+                .map(WorkOutput::Describe)
+                .map_err(Into::into),
         }
     }
 
@@ -93,17 +96,26 @@ impl Session<'_> {
                 "SQL string contains more than one statement; use a batch or a sequence",
             ));
         }
-        self.conn.prepare_cached(sql).map_err(|e| self.prepare_error(e))
+        self.conn
+            .prepare_cached(sql)
+            .map_err(|e| self.prepare_error(e))
     }
 
     fn prepare_error(&self, err: rusqlite::Error) -> SqlError {
         if let Some(reason) = self.guard.take_denial() {
-            return SqlError::new("SQLITE_AUTH", format!("SQLite error: not authorized: {reason}"));
+            return SqlError::new(
+                "SQLITE_AUTH",
+                format!("SQLite error: not authorized: {reason}"),
+            );
         }
         let error = SqlError::from(err);
         // The authorizer never sees names that do not exist; refuse internal
         // names the same way whether or not the table exists yet.
-        if error.message.to_ascii_lowercase().contains(super::conn::INTERNAL_PREFIX) {
+        if error
+            .message
+            .to_ascii_lowercase()
+            .contains(super::conn::INTERNAL_PREFIX)
+        {
             return SqlError::new(
                 "SQLITE_AUTH",
                 "SQLite error: not authorized: internal _outpost_* names cannot be used",
@@ -165,7 +177,11 @@ impl Session<'_> {
         let rows = collect_rows(&mut prepared, cols.len(), want_rows, ctx)?;
         drop(prepared);
         let wrote = total_changes(self.conn) != total_before;
-        let affected_row_count = if readonly || !wrote { 0 } else { self.conn.changes() };
+        let affected_row_count = if readonly || !wrote {
+            0
+        } else {
+            self.conn.changes()
+        };
         Ok(StmtResult {
             cols,
             rows_read: rows.len() as u64,
@@ -189,7 +205,9 @@ impl Session<'_> {
         for step in &batch.steps {
             let run = match &step.condition {
                 None => true,
-                Some(cond) => eval_cond(cond, &step_results, &step_errors, self.stream_autocommit()),
+                Some(cond) => {
+                    eval_cond(cond, &step_results, &step_errors, self.stream_autocommit())
+                }
             };
             if !run {
                 step_results.push(None);
@@ -480,7 +498,9 @@ pub fn validate_batch(batch: &Batch, max_steps: usize) -> Result<(), SqlError> {
         let bad = |step: u32| {
             Err(SqlError::new(
                 "BATCH_COND_INVALID",
-                format!("Step {current} has a condition on step {step}, which does not run before it"),
+                format!(
+                    "Step {current} has a condition on step {step}, which does not run before it"
+                ),
             ))
         };
         match cond {
@@ -489,7 +509,10 @@ pub fn validate_batch(batch: &Batch, max_steps: usize) -> Result<(), SqlError> {
             BatchCond::And(list) | BatchCond::Or(list) => {
                 list.conds.iter().try_for_each(|c| check(c, current))
             }
-            BatchCond::None => Err(SqlError::new("BATCH_COND_INVALID", "Unknown condition type")),
+            BatchCond::None => Err(SqlError::new(
+                "BATCH_COND_INVALID",
+                "Unknown condition type",
+            )),
             _ => Ok(()),
         }
     }

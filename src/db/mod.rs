@@ -82,7 +82,9 @@ enum LeaseKind {
     Writer,
     /// A read transaction on a reader; `snapshot` is the writer's commit
     /// count when it began, to decide whether it may become a write.
-    Reader { snapshot: u64 },
+    Reader {
+        snapshot: u64,
+    },
 }
 
 /// Why a job got no reply from the database.
@@ -109,7 +111,8 @@ impl Database {
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Database, DbError> {
         let path = config.db_path();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writer = writer::WriterHandle::start(&path, config, Arc::clone(&metrics), Arc::clone(&commits))?;
+        let writer =
+            writer::WriterHandle::start(&path, config, Arc::clone(&metrics), Arc::clone(&commits))?;
         let readers = readers::ReaderPool::start(&path, config, metrics, Arc::clone(&commits))?;
         Ok(Database {
             commits,
@@ -156,10 +159,17 @@ impl Database {
                 return Ok(reply);
             }
         }
-        self.writer.submit(item, ctx, route == Route::WriterGroup, None).await
+        self.writer
+            .submit(item, ctx, route == Route::WriterGroup, None)
+            .await
     }
 
-    async fn run_leased(&self, lease: &Lease, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
+    async fn run_leased(
+        &self,
+        lease: &Lease,
+        item: WorkItem,
+        ctx: ExecCtx,
+    ) -> Result<JobReply, SubmitError> {
         let LeaseKind::Reader { snapshot } = lease.kind else {
             return submit_via_lease(lease, item, ctx).await;
         };
@@ -185,7 +195,8 @@ impl Database {
 }
 
 fn route_of(item: &WorkItem) -> Route {
-    let sql_kind = |stmt: &libsql_hrana::proto::Stmt| StmtKind::of(stmt.sql.as_deref().unwrap_or(""));
+    let sql_kind =
+        |stmt: &libsql_hrana::proto::Stmt| StmtKind::of(stmt.sql.as_deref().unwrap_or(""));
     match item {
         WorkItem::Execute(stmt) => classify::route([sql_kind(stmt)]),
         WorkItem::Batch(batch) => classify::route(batch.steps.iter().map(|s| sql_kind(&s.stmt))),
@@ -194,7 +205,11 @@ fn route_of(item: &WorkItem) -> Route {
     }
 }
 
-async fn submit_via_lease(lease: &Lease, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
+async fn submit_via_lease(
+    lease: &Lease,
+    item: WorkItem,
+    ctx: ExecCtx,
+) -> Result<JobReply, SubmitError> {
     let (reply, rx) = oneshot::channel();
     lease
         .tx

@@ -47,10 +47,11 @@ impl ReaderPool {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(config.limits.reader_queue);
         let mut threads = Vec::with_capacity(config.db.readers);
         for i in 0..config.db.readers {
-            let (conn, guard) = conn::open(path, Role::Reader, &config.db).map_err(|source| DbError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            let (conn, guard) =
+                conn::open(path, Role::Reader, &config.db).map_err(|source| DbError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
             let reader = Reader {
                 conn,
                 guard,
@@ -65,7 +66,11 @@ impl ReaderPool {
                 .map_err(DbError::Thread)?;
             threads.push(thread);
         }
-        Ok(Self { tx, threads, metrics })
+        Ok(Self {
+            tx,
+            threads,
+            metrics,
+        })
     }
 
     pub async fn submit(&self, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
@@ -156,7 +161,11 @@ impl Reader {
             let output = self.execute(&job);
             let moves_to_writer = matches!(output, Err(ExecError::NeedsWriter));
             let open = !self.conn.is_autocommit() && !moves_to_writer;
-            let txn = if open { TxnState::StillOpen } else { TxnState::Closed };
+            let txn = if open {
+                TxnState::StillOpen
+            } else {
+                TxnState::Closed
+            };
             if moves_to_writer {
                 self.rollback();
             }

@@ -48,10 +48,11 @@ impl WriterHandle {
         metrics: Arc<Metrics>,
         commits: Arc<AtomicU64>,
     ) -> Result<Self, DbError> {
-        let (conn, guard) = conn::open(path, Role::Writer, &config.db).map_err(|source| DbError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let (conn, guard) =
+            conn::open(path, Role::Writer, &config.db).map_err(|source| DbError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         conn::init_meta(&conn, &guard).map_err(|source| DbError::Open {
             path: path.to_owned(),
             source,
@@ -70,7 +71,11 @@ impl WriterHandle {
             .name("outpost-writer".into())
             .spawn(move || writer.run())
             .map_err(DbError::Thread)?;
-        Ok(Self { tx, thread, metrics })
+        Ok(Self {
+            tx,
+            thread,
+            metrics,
+        })
     }
 
     pub async fn submit(
@@ -211,7 +216,10 @@ impl Writer {
 
     /// After a group lost its transaction, gives each job its own.
     fn rerun_alone(&self, jobs: Vec<Job>) {
-        tracing::debug!(jobs = jobs.len(), "a statement rolled back a group commit; re-running jobs one by one");
+        tracing::debug!(
+            jobs = jobs.len(),
+            "a statement rolled back a group commit; re-running jobs one by one"
+        );
         for job in jobs {
             if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
                 reply_all_failed(vec![job], SqlError::from(e));
@@ -275,13 +283,18 @@ impl Writer {
                  began, so it cannot start writing; roll back and retry the transaction",
             ));
         }
-        self.conn.execute_batch("BEGIN DEFERRED").map_err(SqlError::from)
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(SqlError::from)
     }
 
     /// `PRAGMA foreign_keys` is the one connection setting clients may
     /// change; outside a transaction it would outlive the job, so restore it.
     fn reset_connection_settings(&self) {
-        if let Err(e) = self.guard.internal(|| self.conn.execute_batch("PRAGMA foreign_keys = ON")) {
+        if let Err(e) = self
+            .guard
+            .internal(|| self.conn.execute_batch("PRAGMA foreign_keys = ON"))
+        {
             tracing::error!(error = %e, "restoring foreign_keys on the writer failed");
         }
     }
@@ -295,7 +308,11 @@ impl Writer {
                     let output = self.session(false).run(&job.item, &job.ctx);
                     self.count(&output);
                     let open = !self.conn.is_autocommit();
-                    let txn = if open { TxnState::StillOpen } else { TxnState::Closed };
+                    let txn = if open {
+                        TxnState::StillOpen
+                    } else {
+                        TxnState::Closed
+                    };
                     let _ = job.reply.send(JobReply { output, txn });
                     if !open {
                         return;

@@ -14,7 +14,10 @@ pub fn bin() -> PathBuf {
 
 /// Runs `outpost <args>` to completion and returns (status, stdout, stderr).
 pub fn run(args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let out = Command::new(bin()).args(args).output().expect("run outpost");
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run outpost");
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -43,20 +46,11 @@ pub struct Server {
     stderr: mpsc::Receiver<String>,
 }
 
+#[derive(Default)]
 pub struct Options<'a> {
     pub init: bool,
     pub env: Vec<(&'a str, String)>,
     pub args: Vec<&'a str>,
-}
-
-impl Default for Options<'_> {
-    fn default() -> Self {
-        Options {
-            init: false,
-            env: Vec::new(),
-            args: Vec::new(),
-        }
-    }
 }
 
 impl Server {
@@ -160,7 +154,10 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "process did not exit in {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit in {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -204,7 +201,11 @@ pub fn execute_body(sql: &str) -> String {
 
 /// Executes `sql` over /v2/pipeline and returns the first result.
 pub fn exec(server: &Server, token: Option<&str>, sql: &str) -> serde_json::Value {
-    let (status, body) = post(&format!("{}/v2/pipeline", server.api), token, &execute_body(sql));
+    let (status, body) = post(
+        &format!("{}/v2/pipeline", server.api),
+        token,
+        &execute_body(sql),
+    );
     assert_eq!(status, 200, "{body}");
     body["results"][0].clone()
 }
@@ -213,7 +214,10 @@ pub fn exec(server: &Server, token: Option<&str>, sql: &str) -> serde_json::Valu
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
