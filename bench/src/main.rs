@@ -10,6 +10,7 @@ mod server;
 mod stats;
 mod workload;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -83,6 +84,17 @@ pub struct Args {
     /// Tokio worker threads of the load generator (1 = a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Profile outpost during the load phases: run `perf record -p PID -o FILE` (with
+    /// --perf-args) from the first phase to the last one. Needs `perf` on PATH.
+    #[arg(long)]
+    perf_record: Option<PathBuf>,
+    /// Arguments for `perf record` with --perf-record.
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value = "-e cpu-clock -F 1999 --call-graph dwarf,16384"
+    )]
+    perf_args: String,
     /// Seconds to wait for outpost's READY line.
     #[arg(long, default_value_t = 60)]
     start_timeout: u64,
@@ -283,13 +295,34 @@ fn rss_sample(pid: u32, label: &str, rows: Option<u64>) -> Option<RssSample> {
     }
 }
 
-fn run_outpost(
-    rt: &tokio::runtime::Runtime,
-    args: &Args,
-    plan: &Plan,
-    tmp: &Path,
-    report: &mut Report,
-) -> Result<()> {
+/// Start `perf record` attached to `pid`.
+fn start_perf(pid: u32, out: &Path, perf_args: &str) -> Result<std::process::Child> {
+    let child = std::process::Command::new("perf")
+        .arg("record")
+        .args(perf_args.split_whitespace())
+        .arg("-p")
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(out)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("spawn perf record")?;
+    // perf needs a moment to attach before the first phase starts.
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("  perf record attached to {pid} -> {}", out.display());
+    Ok(child)
+}
+
+/// SIGINT `perf record` so that it writes its file, and wait for it.
+fn stop_perf(mut perf: std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(perf.id() as libc::pid_t, libc::SIGINT);
+    }
+    let _ = perf.wait();
+}
+
+fn resolve_bin(args: &Args) -> Result<PathBuf> {
     let bin = match &args.outpost_bin {
         Some(b) => b.clone(),
         None => default_outpost_bin().context(
@@ -297,120 +330,211 @@ fn run_outpost(
         )?,
     };
     anyhow::ensure!(bin.exists(), "outpost binary {} not found", bin.display());
-    report.outpost_bin = Some(bin.display().to_string());
-    eprintln!("== outpost ({})", bin.display());
+    Ok(bin)
+}
+
+/// Start a fresh outpost in `dir`, run `body` against it, then stop it (SIGTERM) and record
+/// how it went. `body` gets (api, pid).
+fn with_outpost<F>(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    bin: &Path,
+    dir: &Path,
+    report: &mut Report,
+    body: F,
+) -> Result<()>
+where
+    F: AsyncFnOnce(SocketAddr, u32, &mut Report) -> Result<()>,
+{
+    std::fs::create_dir_all(dir)?;
     let t0 = Instant::now();
     let mut proc = server::Outpost::start(
-        &bin,
-        tmp,
+        bin,
+        dir,
         &args.outpost_args,
         Duration::from_secs(args.start_timeout),
     )?;
-    report.outpost_startup_seconds = Some(t0.elapsed().as_secs_f64());
+    let started = t0.elapsed().as_secs_f64();
+    report.outpost_startup_seconds.get_or_insert(started);
     let (api, admin, pid) = (proc.api, proc.admin, proc.pid());
-    eprintln!(
-        "  ready in {:.2}s: api {api} admin {admin} pid {pid}",
-        t0.elapsed().as_secs_f64()
-    );
+    eprintln!("  ready in {started:.2}s: api {api} admin {admin} pid {pid}");
     let result = rt.block_on(async {
         let mut probe = Conn::new(admin);
         let (status, _) = probe.get("/health").await.context("GET /health")?;
         anyhow::ensure!(status.is_success(), "GET /health returned {status}");
-        report.rss.extend(rss_sample(pid, "ready (empty)", Some(0)));
-
         let mut conn = Conn::new(api);
         conn.pipeline(execute_body(CREATE_SQL, &[]))
             .await
             .context("create table over Hrana")?;
-        let t = Instant::now();
-        load_rows_http(&mut conn, plan.rows)
-            .await
-            .context("load rows over Hrana")?;
-        eprintln!(
-            "  loaded {} rows in {:.2}s",
-            plan.rows,
-            t.elapsed().as_secs_f64()
-        );
-        report
-            .rss
-            .extend(rss_sample(pid, "workload loaded", Some(plan.rows)));
-
-        for (w, c) in plan.phases() {
-            let clock = plan.clock();
-            let stats = client::run_phase(api, w, c, plan.rows, clock.clone()).await?;
-            report
-                .results
-                .push(summarize(Target::Outpost, w, c, &clock, stats));
-        }
-        let rows_now = count_rows_http(&mut conn).await.ok();
-        report.rss.extend(rss_sample(pid, "after phases", rows_now));
-
-        if plan.rss_rows > 0 {
-            let have = count_rows_http(&mut conn).await?;
-            if plan.rss_rows > have {
-                let t = Instant::now();
-                load_rows_http(&mut conn, plan.rss_rows - have).await?;
-                let secs = t.elapsed().as_secs_f64();
-                report.bulk_load_rows_per_sec = Some((plan.rss_rows - have) as f64 / secs);
-                eprintln!(
-                    "  loaded up to {} rows in {secs:.1}s ({} rows/s)",
-                    plan.rss_rows,
-                    fmt_rate((plan.rss_rows - have) as f64 / secs)
-                );
-            }
-            let rows = count_rows_http(&mut conn).await.ok();
-            report
-                .rss
-                .extend(rss_sample(pid, &format!("{} rows", plan.rss_rows), rows));
-        }
-
-        if plan.soak_seconds > 0 {
-            let end = Instant::now() + Duration::from_secs(plan.soak_seconds);
-            let start = Instant::now();
-            let mut soak = WorkerStats::new();
-            while Instant::now() < end {
-                let left = end.saturating_duration_since(Instant::now());
-                let clock = Arc::new(PhaseClock::new(
-                    Duration::ZERO,
-                    left.min(Duration::from_secs(10)),
-                    plan.max_ops,
-                ));
-                let s = client::run_phase(
-                    api,
-                    Workload::Mix { read_pct: 90 },
-                    16,
-                    plan.rows,
-                    clock.clone(),
-                )
-                .await?;
-                soak.merge(s);
-                let label = format!("soak {:.0}s", start.elapsed().as_secs_f64());
-                report.rss.extend(rss_sample(pid, &label, None));
-            }
-            let secs = start.elapsed().as_secs_f64();
-            let summary = Summary::from_hist(&soak.all, soak.errors, secs);
-            eprintln!(
-                "  soak: {} ops/s over {secs:.0}s, p99 {}, errors {}",
-                fmt_rate(summary.ops_per_sec),
-                stats::fmt_us(summary.p99_us),
-                summary.errors
-            );
-            report.soak = Some(summary);
-        }
-        Ok(())
+        body(api, pid, report).await
     });
     if let Some(exit) = proc.exited() {
         report
             .problems
             .push(format!("outpost exited during the run: {exit}"));
     }
-    report.outpost_data_bytes = Some(server::dir_size(&proc.data_dir));
+    report.outpost_data_bytes.push(report::DataDir {
+        instance: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        bytes: server::dir_size(&proc.data_dir),
+    });
     let log_tail = server::tail(&proc.log_path, 1500);
-    report.outpost_shutdown = Some(proc.stop(Duration::from_secs(15)));
+    let shutdown = proc.stop(Duration::from_secs(15));
+    if !shutdown.graceful {
+        report.problems.push(format!(
+            "outpost did not stop cleanly on SIGTERM: {}",
+            shutdown.exit
+        ));
+    }
+    report.outpost_shutdown = Some(shutdown);
     if result.is_err() {
         eprintln!("  outpost log tail:\n{log_tail}");
     }
     result
+}
+
+/// The latency/throughput phases against a fresh outpost.
+fn run_outpost(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    plan: &Plan,
+    bin: &Path,
+    tmp: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    eprintln!("== outpost ({})", bin.display());
+    with_outpost(
+        rt,
+        args,
+        bin,
+        &tmp.join("phases"),
+        report,
+        async |api, pid, report: &mut Report| {
+            report.rss.extend(rss_sample(pid, "ready (empty)", Some(0)));
+            let mut conn = Conn::new(api);
+            let t = Instant::now();
+            load_rows_http(&mut conn, plan.rows)
+                .await
+                .context("load rows over Hrana")?;
+            eprintln!(
+                "  loaded {} rows in {:.2}s",
+                plan.rows,
+                t.elapsed().as_secs_f64()
+            );
+            let perf = match &args.perf_record {
+                Some(out) => Some(start_perf(pid, out, &args.perf_args)?),
+                None => None,
+            };
+            for (w, c) in plan.phases() {
+                let clock = plan.clock();
+                let stats = client::run_phase(api, w, c, plan.rows, clock.clone()).await?;
+                report
+                    .results
+                    .push(summarize(Target::Outpost, w, c, &clock, stats));
+            }
+            if let Some(perf) = perf {
+                stop_perf(perf);
+            }
+            let rows = count_rows_http(&mut conn).await.ok();
+            report.rss.extend(rss_sample(pid, "after the phases", rows));
+            Ok(())
+        },
+    )
+}
+
+/// Memory against table size, on a fresh outpost: load to each checkpoint (10k, 100k, 1M
+/// up to `rss_rows`), sample RSS, read across the table for a few seconds, sample again.
+/// Then the optional soak.
+fn run_rss(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    plan: &Plan,
+    bin: &Path,
+    tmp: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    let target = plan.rss_rows.max(plan.rows);
+    eprintln!("== outpost memory ({target} rows)");
+    let mut checkpoints: Vec<u64> = [10_000, 100_000, 1_000_000]
+        .into_iter()
+        .filter(|&n| n < target)
+        .collect();
+    checkpoints.push(target);
+    with_outpost(
+        rt,
+        args,
+        bin,
+        &tmp.join("memory"),
+        report,
+        async |api, pid, report: &mut Report| {
+            report.rss.extend(rss_sample(pid, "memory: empty", Some(0)));
+            let mut conn = Conn::new(api);
+            let mut have = 0;
+            let mut load_secs = 0.0;
+            for &n in &checkpoints {
+                let t = Instant::now();
+                load_rows_http(&mut conn, n - have).await?;
+                load_secs += t.elapsed().as_secs_f64();
+                have = n;
+                report
+                    .rss
+                    .extend(rss_sample(pid, &format!("memory: loaded {n}"), Some(n)));
+                let clock = Arc::new(PhaseClock::new(
+                    Duration::ZERO,
+                    Duration::from_secs(3),
+                    plan.max_ops,
+                ));
+                client::run_phase(api, Workload::Read, 16, n, clock).await?;
+                report.rss.extend(rss_sample(
+                    pid,
+                    &format!("memory: {n} + 3 s of reads"),
+                    Some(n),
+                ));
+            }
+            report.bulk_load_rows_per_sec = Some(have as f64 / load_secs);
+            eprintln!(
+                "  bulk load: {} rows/s (200-row inserts)",
+                fmt_rate(have as f64 / load_secs)
+            );
+
+            if plan.soak_seconds > 0 {
+                let end = Instant::now() + Duration::from_secs(plan.soak_seconds);
+                let start = Instant::now();
+                let mut soak = WorkerStats::new();
+                while Instant::now() < end {
+                    let left = end.saturating_duration_since(Instant::now());
+                    let clock = Arc::new(PhaseClock::new(
+                        Duration::ZERO,
+                        left.min(Duration::from_secs(10)),
+                        plan.max_ops,
+                    ));
+                    let s = client::run_phase(
+                        api,
+                        Workload::Mix { read_pct: 90 },
+                        16,
+                        have,
+                        clock.clone(),
+                    )
+                    .await?;
+                    soak.merge(s);
+                    let label = format!("soak {:.0}s", start.elapsed().as_secs_f64());
+                    report.rss.extend(rss_sample(pid, &label, None));
+                }
+                let secs = start.elapsed().as_secs_f64();
+                let summary = Summary::from_hist(&soak.all, soak.errors, secs);
+                eprintln!(
+                    "  soak: {} ops/s over {secs:.0}s, p99 {}, errors {}",
+                    fmt_rate(summary.ops_per_sec),
+                    stats::fmt_us(summary.p99_us),
+                    summary.errors
+                );
+                report.soak = Some(summary);
+            }
+            Ok(())
+        },
+    )
 }
 
 fn run(args: &Args) -> Result<Report> {
@@ -466,7 +590,15 @@ fn run(args: &Args) -> Result<Report> {
     }
 
     if want("outpost") {
-        if let Err(e) = run_outpost(&rt, args, &plan, tmp.path(), &mut report) {
+        let outcome = resolve_bin(args).and_then(|bin| {
+            report.outpost_bin = Some(bin.display().to_string());
+            run_outpost(&rt, args, &plan, &bin, tmp.path(), &mut report)?;
+            if plan.rss_rows > 0 || plan.soak_seconds > 0 {
+                run_rss(&rt, args, &plan, &bin, tmp.path(), &mut report)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = outcome {
             report.problems.push(format!("outpost: {e:#}"));
         }
     }

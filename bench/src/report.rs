@@ -55,6 +55,12 @@ pub struct RssSample {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct DataDir {
+    pub instance: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct Ratio {
     pub workload: String,
     pub concurrency: usize,
@@ -104,8 +110,8 @@ pub struct Report {
     pub goals: Vec<Goal>,
     pub rss: Vec<RssSample>,
     pub bulk_load_rows_per_sec: Option<f64>,
-    /// Size of outpost's data directory at the end of the run.
-    pub outpost_data_bytes: Option<u64>,
+    /// Size of each outpost instance's data directory when it stopped.
+    pub outpost_data_bytes: Vec<DataDir>,
     pub soak: Option<Summary>,
     pub outpost_shutdown: Option<Shutdown>,
     /// Reasons the harness itself is broken (non-empty → non-zero exit).
@@ -201,7 +207,7 @@ impl Report {
             goals: Vec::new(),
             rss: Vec::new(),
             bulk_load_rows_per_sec: None,
-            outpost_data_bytes: None,
+            outpost_data_bytes: Vec::new(),
             soak: None,
             outpost_shutdown: None,
             problems: Vec::new(),
@@ -417,7 +423,7 @@ impl Report {
             for s in &self.rss {
                 let _ = writeln!(
                     out,
-                    "  {:<20} rows {:>9}  VmRSS {:>8.1} MiB  VmHWM {:>8.1} MiB",
+                    "  {:<32} rows {:>9}  VmRSS {:>8.1} MiB  VmHWM {:>8.1} MiB",
                     s.label,
                     s.rows.map_or("?".into(), |r| r.to_string()),
                     s.rss_kib as f64 / 1024.0,
@@ -428,11 +434,12 @@ impl Report {
         if let Some(r) = self.bulk_load_rows_per_sec {
             let _ = writeln!(out, "  bulk load (200-row inserts): {} rows/s", fmt_rate(r));
         }
-        if let Some(b) = self.outpost_data_bytes {
+        for d in &self.outpost_data_bytes {
             let _ = writeln!(
                 out,
-                "  data dir at the end: {:.1} MiB",
-                b as f64 / 1024.0 / 1024.0
+                "  data dir of the {:?} instance at the end: {:.1} MiB",
+                d.instance,
+                d.bytes as f64 / 1024.0 / 1024.0
             );
         }
         if let Some(s) = &self.outpost_shutdown {
