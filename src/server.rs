@@ -166,6 +166,8 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
             .configure(api::configure_api)
     })
     .disable_signals()
+    // Small request/response exchanges: never let Nagle hold a reply back.
+    .tcp_nodelay(true)
     .shutdown_timeout(10);
     if config.api.workers > 0 {
         api = api.workers(config.api.workers);
