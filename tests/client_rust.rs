@@ -14,17 +14,25 @@ async fn connect(url: &str, token: &str) -> libsql::Connection {
     db.connect().expect("connect")
 }
 
-async fn one_row(conn: &libsql::Connection, sql: &str, params: impl libsql::params::IntoParams) -> Vec<Value> {
+async fn one_row(
+    conn: &libsql::Connection,
+    sql: &str,
+    params: impl libsql::params::IntoParams,
+) -> Vec<Value> {
     let mut rows = conn.query(sql, params).await.expect(sql);
     let row = rows.next().await.unwrap().expect("one row");
-    (0..rows.column_count()).map(|i| row.get_value(i).unwrap()).collect()
+    (0..rows.column_count())
+        .map(|i| row.get_value(i).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_value_type_round_trips() {
     let server = Server::start();
     let conn = connect(&server.api, "").await;
-    conn.execute("CREATE TABLE v(id INTEGER PRIMARY KEY, x ANY)", ()).await.unwrap();
+    conn.execute("CREATE TABLE v(id INTEGER PRIMARY KEY, x ANY)", ())
+        .await
+        .unwrap();
     let values = vec![
         Value::Null,
         Value::Integer(i64::MIN),
@@ -38,7 +46,9 @@ async fn every_value_type_round_trips() {
         Value::Blob(Vec::new()),
     ];
     for (i, v) in values.iter().enumerate() {
-        conn.execute("INSERT INTO v VALUES (?, ?)", params![i as i64, v.clone()]).await.unwrap();
+        conn.execute("INSERT INTO v VALUES (?, ?)", params![i as i64, v.clone()])
+            .await
+            .unwrap();
     }
     for (i, v) in values.iter().enumerate() {
         let got = one_row(&conn, "SELECT x FROM v WHERE id = ?", params![i as i64]).await;
@@ -51,21 +61,32 @@ async fn positional_and_named_parameters() {
     let server = Server::start();
     let conn = connect(&server.api, "").await;
     let got = one_row(&conn, "SELECT ?, ?3, ?2", params![1, "b", 3.5]).await;
-    assert_eq!(got, vec![Value::Integer(1), Value::Real(3.5), Value::Text("b".into())]);
+    assert_eq!(
+        got,
+        vec![Value::Integer(1), Value::Real(3.5), Value::Text("b".into())]
+    );
     let got = one_row(
         &conn,
         "SELECT :a, @b, $c",
         libsql::named_params! {":a": 1, "@b": "two", "$c": Value::Null},
     )
     .await;
-    assert_eq!(got, vec![Value::Integer(1), Value::Text("two".into()), Value::Null]);
+    assert_eq!(
+        got,
+        vec![Value::Integer(1), Value::Text("two".into()), Value::Null]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn result_metadata_and_errors() {
     let server = Server::start();
     let conn = connect(&server.api, "").await;
-    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL)", ()).await.unwrap();
+    conn.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+        (),
+    )
+    .await
+    .unwrap();
     let n = conn
         .execute("INSERT INTO t(name) VALUES ('a'), ('b'), ('c')", ())
         .await
@@ -76,9 +97,18 @@ async fn result_metadata_and_errors() {
     assert_eq!(rows.column_name(1), Some("name"));
     let err = conn.execute("SELEC nonsense", ()).await.unwrap_err();
     assert!(err.to_string().contains("syntax error"), "{err}");
-    let err = conn.execute("INSERT INTO t(id, name) VALUES (1, 'dup')", ()).await.unwrap_err();
-    assert!(err.to_string().contains("UNIQUE constraint failed"), "{err}");
-    let err = conn.execute("INSERT INTO t(name) VALUES (NULL)", ()).await.unwrap_err();
+    let err = conn
+        .execute("INSERT INTO t(id, name) VALUES (1, 'dup')", ())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("UNIQUE constraint failed"),
+        "{err}"
+    );
+    let err = conn
+        .execute("INSERT INTO t(name) VALUES (NULL)", ())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("NOT NULL"), "{err}");
 }
 
@@ -94,7 +124,11 @@ async fn transactions_commit_and_roll_back() {
     let tx = conn.transaction().await.unwrap();
     tx.execute("INSERT INTO t VALUES (3)", ()).await.unwrap();
     let inside = one_row(&tx, "SELECT count(*) FROM t", ()).await;
-    assert_eq!(inside[0], Value::Integer(3), "a transaction sees its own writes");
+    assert_eq!(
+        inside[0],
+        Value::Integer(3),
+        "a transaction sees its own writes"
+    );
     tx.rollback().await.unwrap();
     let after = one_row(&conn, "SELECT count(*), sum(x) FROM t", ()).await;
     assert_eq!(after, vec![Value::Integer(2), Value::Integer(3)]);
@@ -128,19 +162,31 @@ async fn tokens_are_enforced() {
     let reader = connect(&server.api, &ro).await;
     let got = one_row(&reader, "SELECT x FROM t", ()).await;
     assert_eq!(got[0], Value::Integer(1));
-    let err = reader.execute("INSERT INTO t VALUES (2)", ()).await.unwrap_err();
+    let err = reader
+        .execute("INSERT INTO t VALUES (2)", ())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
 
     let anonymous = connect(&server.api, "").await;
     let err = anonymous.query("SELECT 1", ()).await.unwrap_err();
-    assert!(err.to_string().contains("401") || err.to_string().to_lowercase().contains("auth"), "{err}");
+    assert!(
+        err.to_string().contains("401") || err.to_string().to_lowercase().contains("auth"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thirty_two_concurrent_writers_all_land() {
     let server = Server::start();
     let setup = connect(&server.api, "").await;
-    setup.execute("CREATE TABLE w(client INTEGER, n INTEGER, PRIMARY KEY (client, n))", ()).await.unwrap();
+    setup
+        .execute(
+            "CREATE TABLE w(client INTEGER, n INTEGER, PRIMARY KEY (client, n))",
+            (),
+        )
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for client in 0..32i64 {
         let url = server.api.clone();

@@ -7,12 +7,19 @@ use common::{exec, post, Options, Server};
 use serde_json::{json, Value};
 
 fn pipeline(server: &Server, body: Value) -> (u16, Value) {
-    post(&format!("{}/v3/pipeline", server.api), None, &body.to_string())
+    post(
+        &format!("{}/v3/pipeline", server.api),
+        None,
+        &body.to_string(),
+    )
 }
 
 fn count_rows(server: &Server, table: &str) -> String {
     let r = exec(server, None, &format!("SELECT count(*) FROM {table}"));
-    r["response"]["result"]["rows"][0][0]["value"].as_str().unwrap().to_string()
+    r["response"]["result"]["rows"][0][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -52,8 +59,16 @@ fn value_encoding_matches_the_spec() {
 #[test]
 fn declared_types_affected_rows_and_rowid() {
     let server = Server::start();
-    exec(&server, None, "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, score REAL)");
-    let r = exec(&server, None, "INSERT INTO t(name, score) VALUES ('a', 1), ('b', 2)");
+    exec(
+        &server,
+        None,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, score REAL)",
+    );
+    let r = exec(
+        &server,
+        None,
+        "INSERT INTO t(name, score) VALUES ('a', 1), ('b', 2)",
+    );
     let result = &r["response"]["result"];
     assert_eq!(result["affected_row_count"], 2);
     assert_eq!(result["last_insert_rowid"], "2");
@@ -62,7 +77,10 @@ fn declared_types_affected_rows_and_rowid() {
     assert_eq!(cols[1], json!({"name": "name", "decltype": "TEXT"}));
     assert_eq!(cols[2]["decltype"], "REAL");
     let r = exec(&server, None, "CREATE TABLE u(x)");
-    assert_eq!(r["response"]["result"]["affected_row_count"], 0, "DDL affects no rows");
+    assert_eq!(
+        r["response"]["result"]["affected_row_count"], 0,
+        "DDL affects no rows"
+    );
 }
 
 #[test]
@@ -89,12 +107,18 @@ fn batons_carry_a_transaction_across_requests() {
             {"type": "close"}
         ]}),
     );
-    assert_eq!(second["results"][1]["response"]["is_autocommit"], true, "{second}");
+    assert_eq!(
+        second["results"][1]["response"]["is_autocommit"], true,
+        "{second}"
+    );
     assert_eq!(count_rows(&server, "t"), "1");
     // The used baton cannot be replayed.
     let (status, body) = pipeline(&server, json!({"baton": baton, "requests": []}));
     assert_eq!(status, 400);
-    assert!(body["code"] == "BATON_REUSED" || body["code"] == "STREAM_EXPIRED", "{body}");
+    assert!(
+        body["code"] == "BATON_REUSED" || body["code"] == "STREAM_EXPIRED",
+        "{body}"
+    );
 }
 
 #[test]
@@ -121,7 +145,10 @@ fn batch_conditions_and_stored_sql() {
     );
     assert_eq!(status, 200);
     let batch = &body["results"][1]["response"]["result"];
-    assert!(batch["step_errors"][2]["message"].as_str().unwrap().contains("UNIQUE"));
+    assert!(batch["step_errors"][2]["message"]
+        .as_str()
+        .unwrap()
+        .contains("UNIQUE"));
     assert_eq!(batch["step_errors"][2]["code"], "SQLITE_CONSTRAINT");
     assert_eq!(batch["step_results"][3]["rows"][0][0]["value"], "42");
     assert_eq!(batch["step_results"][4], Value::Null, "skipped step");
@@ -151,7 +178,10 @@ fn malformed_requests_get_clear_4xx_and_lose_nothing() {
     for (what, body) in cases {
         let (status, reply) = post(&url, None, &body);
         assert_eq!(status, 400, "{what}: {reply}");
-        assert!(reply["code"].is_string() && reply["message"].is_string(), "{what}: {reply}");
+        assert!(
+            reply["code"].is_string() && reply["message"].is_string(),
+            "{what}: {reply}"
+        );
     }
     let (status, reply) = post(&format!("{}/v1/execute", server.api), None, "[]");
     assert_eq!(status, 400, "{reply}");
@@ -176,7 +206,10 @@ fn forbidden_statements_are_refused_with_reasons() {
         let msg = r["error"]["message"].as_str().unwrap();
         assert!(msg.contains(word), "{sql}: {msg}");
     }
-    assert!(common::get(&format!("{}/v2", server.api)).0 == 200, "server still up");
+    assert!(
+        common::get(&format!("{}/v2", server.api)).0 == 200,
+        "server still up"
+    );
 }
 
 #[test]
@@ -202,11 +235,24 @@ fn batch_and_pipeline_step_limits() {
         env: vec![("OUTPOST_LIMITS_MAX_BATCH_STEPS", "3".into())],
         ..Options::default()
     });
-    let steps = |n: usize| (0..n).map(|_| json!({"stmt": {"sql": "SELECT 1"}})).collect::<Vec<_>>();
-    let (_, ok) = pipeline(&server, json!({"baton": null, "requests": [{"type": "batch", "batch": {"steps": steps(3)}}, {"type": "close"}]}));
+    let steps = |n: usize| {
+        (0..n)
+            .map(|_| json!({"stmt": {"sql": "SELECT 1"}}))
+            .collect::<Vec<_>>()
+    };
+    let (_, ok) = pipeline(
+        &server,
+        json!({"baton": null, "requests": [{"type": "batch", "batch": {"steps": steps(3)}}, {"type": "close"}]}),
+    );
     assert_eq!(ok["results"][0]["type"], "ok", "{ok}");
-    let (_, over) = pipeline(&server, json!({"baton": null, "requests": [{"type": "batch", "batch": {"steps": steps(4)}}, {"type": "close"}]}));
-    assert_eq!(over["results"][0]["error"]["code"], "BATCH_TOO_LARGE", "{over}");
+    let (_, over) = pipeline(
+        &server,
+        json!({"baton": null, "requests": [{"type": "batch", "batch": {"steps": steps(4)}}, {"type": "close"}]}),
+    );
+    assert_eq!(
+        over["results"][0]["error"]["code"], "BATCH_TOO_LARGE",
+        "{over}"
+    );
     let requests: Vec<Value> = (0..4).map(|_| json!({"type": "get_autocommit"})).collect();
     let (status, body) = pipeline(&server, json!({"baton": null, "requests": requests}));
     assert_eq!(status, 413, "{body}");
@@ -222,7 +268,10 @@ fn response_row_and_byte_limits() {
         ..Options::default()
     });
     let ten = exec(&server, None, "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM c WHERE n < 10) SELECT n FROM c");
-    assert_eq!(ten["response"]["result"]["rows"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        ten["response"]["result"]["rows"].as_array().unwrap().len(),
+        10
+    );
     let eleven = exec(&server, None, "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM c WHERE n < 11) SELECT n FROM c");
     assert_eq!(eleven["error"]["code"], "RESPONSE_TOO_LARGE", "{eleven}");
     let big = exec(&server, None, "SELECT zeroblob(6000)");
@@ -242,17 +291,24 @@ fn stream_count_limit_and_idle_expiry() {
     });
     exec(&server, None, "CREATE TABLE t(x)");
     let open = || {
-        pipeline(&server, json!({"baton": null, "requests": [
-            {"type": "execute", "stmt": {"sql": "BEGIN"}},
-            {"type": "execute", "stmt": {"sql": "INSERT INTO t VALUES (1)"}}
-        ]}))
+        pipeline(
+            &server,
+            json!({"baton": null, "requests": [
+                {"type": "execute", "stmt": {"sql": "BEGIN"}},
+                {"type": "execute", "stmt": {"sql": "INSERT INTO t VALUES (1)"}}
+            ]}),
+        )
     };
     let (s1, first) = open();
     assert_eq!(s1, 200, "{first}");
     // The second stream waits for the first one's transaction; run it on a thread.
     let api = server.api.clone();
     let second = std::thread::spawn(move || {
-        post(&format!("{api}/v3/pipeline"), None, &json!({"baton": null, "requests": [{"type": "get_autocommit"}]}).to_string())
+        post(
+            &format!("{api}/v3/pipeline"),
+            None,
+            &json!({"baton": null, "requests": [{"type": "get_autocommit"}]}).to_string(),
+        )
     });
     let (s2, _) = second.join().unwrap();
     assert_eq!(s2, 200);
@@ -273,7 +329,11 @@ fn stream_count_limit_and_idle_expiry() {
 fn v1_endpoints_and_probes() {
     let server = Server::start();
     for path in ["/v1", "/v2", "/v3", "/health", "/version"] {
-        assert_eq!(common::get(&format!("{}{path}", server.api)).0, 200, "{path}");
+        assert_eq!(
+            common::get(&format!("{}{path}", server.api)).0,
+            200,
+            "{path}"
+        );
     }
     let (status, body) = post(
         &format!("{}/v1/execute", server.api),
@@ -288,8 +348,15 @@ fn v1_endpoints_and_probes() {
         &json!({"batch": {"steps": [{"stmt": {"sql": "SELECT 1"}}, {"stmt": {"sql": "SELECT nope"}}]}}).to_string(),
     );
     assert_eq!(status, 200);
-    assert!(body["result"]["step_errors"][1]["message"].is_string(), "{body}");
-    let (status, body) = post(&format!("{}/v1/execute", server.api), None, &json!({"stmt": {"sql": "SELEC"}}).to_string());
+    assert!(
+        body["result"]["step_errors"][1]["message"].is_string(),
+        "{body}"
+    );
+    let (status, body) = post(
+        &format!("{}/v1/execute", server.api),
+        None,
+        &json!({"stmt": {"sql": "SELEC"}}).to_string(),
+    );
     assert_eq!(status, 400);
     assert_eq!(body["code"], "SQLITE_UNKNOWN");
 }
@@ -307,11 +374,17 @@ fn cursor_streams_entries() {
         )
         .unwrap();
     let text = resp.into_string().unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(lines[0]["baton"].is_string());
     assert_eq!(lines[1]["type"], "step_begin");
     assert_eq!(lines[1]["cols"][0]["name"], "a");
-    assert_eq!(lines[2], json!({"type": "row", "row": [{"type": "integer", "value": "1"}]}));
+    assert_eq!(
+        lines[2],
+        json!({"type": "row", "row": [{"type": "integer", "value": "1"}]})
+    );
     assert_eq!(lines[4]["type"], "step_end");
     assert_eq!(lines[5]["type"], "step_error");
     assert_eq!(lines[5]["step"], 1);
@@ -323,7 +396,10 @@ fn cors_preflight_is_permissive() {
     let resp = ureq::request("OPTIONS", &format!("{}/v2/pipeline", server.api))
         .set("origin", "https://app.example")
         .set("access-control-request-method", "POST")
-        .set("access-control-request-headers", "authorization, content-type")
+        .set(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .call()
         .unwrap();
     assert_eq!(resp.status(), 200);

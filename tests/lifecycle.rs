@@ -12,7 +12,13 @@ use common::{exec, Options, Server};
 fn refuses_public_address_without_auth() {
     let dir = tempfile::tempdir().unwrap();
     let (status, _, err) = common::run(&[
-        "serve", "--data-dir", dir.path().to_str().unwrap(), "--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0",
+        "serve",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     assert!(!status.success());
     assert!(err.contains("without authentication"), "{err}");
@@ -60,7 +66,11 @@ fn sigterm_shuts_down_cleanly_and_keeps_data() {
 fn config_file_env_and_flags_layer() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("outpost.toml");
-    std::fs::write(&cfg, "[limits]\nmax_batch_steps = 1\n[api]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_batch_steps = 1\n[api]\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
     // The file sets max_batch_steps=1; env overrides it to 2; the flag overrides api.listen.
     let server = Server::start_with(Options {
         args: vec!["--config", cfg.to_str().unwrap()],
@@ -68,10 +78,18 @@ fn config_file_env_and_flags_layer() {
         ..Options::default()
     });
     let body = serde_json::json!({"baton": null, "requests": [{"type": "get_autocommit"}, {"type": "close"}]});
-    let (status, _) = common::post(&format!("{}/v2/pipeline", server.api), None, &body.to_string());
+    let (status, _) = common::post(
+        &format!("{}/v2/pipeline", server.api),
+        None,
+        &body.to_string(),
+    );
     assert_eq!(status, 200);
     let body = serde_json::json!({"baton": null, "requests": [{"type": "get_autocommit"}, {"type": "get_autocommit"}, {"type": "close"}]});
-    let (status, _) = common::post(&format!("{}/v2/pipeline", server.api), None, &body.to_string());
+    let (status, _) = common::post(
+        &format!("{}/v2/pipeline", server.api),
+        None,
+        &body.to_string(),
+    );
     assert_eq!(status, 413);
 
     std::fs::write(&cfg, "[limits]\nno_such_key = 1\n").unwrap();
@@ -83,7 +101,12 @@ fn config_file_env_and_flags_layer() {
 #[test]
 fn https_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (status, _, err) = common::run(&["init", "--self-signed", "--data-dir", dir.path().to_str().unwrap()]);
+    let (status, _, err) = common::run(&[
+        "init",
+        "--self-signed",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(status.success(), "{err}");
     let token = common::token(dir.path(), &[]);
     let server = Server::start_in(dir, Options::default());

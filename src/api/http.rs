@@ -244,7 +244,7 @@ pub async fn v1_execute(
         .await
     {
         Ok(result) => json_response(&serde_json::json!({ "result": result })),
-        Err(e) => Ok(HttpResponse::BadRequest().json(e.to_hrana())),
+        Err(e) => Ok(v1_error(&e)),
     }
 }
 
@@ -265,8 +265,19 @@ pub async fn v1_batch(
         .await
     {
         Ok(result) => json_response(&serde_json::json!({ "result": result })),
-        Err(e) => Ok(HttpResponse::BadRequest().json(e.to_hrana())),
+        Err(e) => Ok(v1_error(&e)),
     }
+}
+
+/// v1 reports a failed statement as the HTTP status: 403 when it was
+/// refused (read-only token, forbidden statement), else 400.
+fn v1_error(e: &SqlError) -> HttpResponse {
+    let mut resp = if e.code == "SQLITE_AUTH" {
+        HttpResponse::Forbidden()
+    } else {
+        HttpResponse::BadRequest()
+    };
+    resp.json(e.to_hrana())
 }
 
 /// `GET /v1`, `/v2`, `/v3`: version probes the clients use.
