@@ -269,7 +269,6 @@ impl Writer {
             }),
         });
         self.serve_lease(rx);
-        self.committed();
         self.reset_connection_settings();
     }
 
@@ -308,6 +307,11 @@ impl Writer {
                     let output = self.session(false).run(&job.item, &job.ctx);
                     self.count(&output);
                     let open = !self.conn.is_autocommit();
+                    if !open {
+                        // Counted before the reply, so the client's next
+                        // read transaction starts after this commit.
+                        self.committed();
+                    }
                     let txn = if open {
                         TxnState::StillOpen
                     } else {
