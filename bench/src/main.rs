@@ -10,7 +10,6 @@ mod server;
 mod stats;
 mod workload;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -66,6 +65,9 @@ pub struct Args {
     /// sampling RSS every 10 s (the "flat memory" check; the issue asks for 600).
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
+    /// Which workloads to run (comma-separated): read, insert, mix.
+    #[arg(long, value_delimiter = ',', default_value = "read,insert,mix")]
+    workloads: Vec<String>,
     /// Which targets to run (comma-separated): inproc, bare, outpost.
     #[arg(long, value_delimiter = ',', default_value = "inproc,bare,outpost")]
     targets: Vec<String>,
@@ -114,6 +116,7 @@ pub struct Plan {
     pub soak_seconds: u64,
     pub client_threads: usize,
     pub bare_workers: usize,
+    pub workloads: Vec<String>,
     pub bench_build: &'static str,
 }
 
@@ -141,6 +144,7 @@ impl Plan {
             soak_seconds: a.soak_seconds,
             client_threads: a.client_threads.max(1),
             bare_workers: a.bare_workers,
+            workloads: a.workloads.iter().map(|w| w.trim().to_string()).collect(),
             bench_build: if cfg!(debug_assertions) {
                 "debug"
             } else {
@@ -150,15 +154,22 @@ impl Plan {
     }
 
     fn phases(&self) -> Vec<(Workload, usize)> {
+        let want = |w: &str| self.workloads.iter().any(|x| x == w);
         let mut v = Vec::new();
-        for &c in &self.concurrency {
-            v.push((Workload::Read, c.max(1)));
+        if want("read") {
+            for &c in &self.concurrency {
+                v.push((Workload::Read, c.max(1)));
+            }
         }
-        for &c in &self.concurrency {
-            v.push((Workload::Insert, c.max(1)));
+        if want("insert") {
+            for &c in &self.concurrency {
+                v.push((Workload::Insert, c.max(1)));
+            }
         }
-        for &c in &self.mix_concurrency {
-            v.push((Workload::Mix { read_pct: 90 }, c.max(1)));
+        if want("mix") {
+            for &c in &self.mix_concurrency {
+                v.push((Workload::Mix { read_pct: 90 }, c.max(1)));
+            }
         }
         v
     }
@@ -333,22 +344,18 @@ fn resolve_bin(args: &Args) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Start a fresh outpost in `dir`, run `body` against it, then stop it (SIGTERM) and record
-/// how it went. `body` gets (api, pid).
-fn with_outpost<F>(
+/// Start a fresh outpost in `dir`, check `/health`, create the table and load `rows` rows.
+fn start_outpost(
     rt: &tokio::runtime::Runtime,
     args: &Args,
     bin: &Path,
     dir: &Path,
+    rows: u64,
     report: &mut Report,
-    body: F,
-) -> Result<()>
-where
-    F: AsyncFnOnce(SocketAddr, u32, &mut Report) -> Result<()>,
-{
+) -> Result<server::Outpost> {
     std::fs::create_dir_all(dir)?;
     let t0 = Instant::now();
-    let mut proc = server::Outpost::start(
+    let proc = server::Outpost::start(
         bin,
         dir,
         &args.outpost_args,
@@ -358,29 +365,57 @@ where
     report.outpost_startup_seconds.get_or_insert(started);
     let (api, admin, pid) = (proc.api, proc.admin, proc.pid());
     eprintln!("  ready in {started:.2}s: api {api} admin {admin} pid {pid}");
-    let result = rt.block_on(async {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let setup = rt.block_on(async {
         let mut probe = Conn::new(admin);
         let (status, _) = probe.get("/health").await.context("GET /health")?;
         anyhow::ensure!(status.is_success(), "GET /health returned {status}");
+        report
+            .rss
+            .extend(rss_sample(pid, &format!("{name}: empty"), Some(0)));
         let mut conn = Conn::new(api);
         conn.pipeline(execute_body(CREATE_SQL, &[]))
             .await
             .context("create table over Hrana")?;
-        body(api, pid, report).await
+        if rows > 0 {
+            let t = Instant::now();
+            load_rows_http(&mut conn, rows)
+                .await
+                .context("load rows over Hrana")?;
+            eprintln!("  loaded {rows} rows in {:.2}s", t.elapsed().as_secs_f64());
+        }
+        Ok(())
     });
+    match setup {
+        Ok(()) => Ok(proc),
+        Err(e) => {
+            let tail = server::tail(&proc.log_path, 1500);
+            stop_outpost(proc, report);
+            Err(e.context(format!("outpost log tail:\n{tail}")))
+        }
+    }
+}
+
+/// SIGTERM outpost and record how it went.
+fn stop_outpost(mut proc: server::Outpost, report: &mut Report) {
     if let Some(exit) = proc.exited() {
-        report
-            .problems
-            .push(format!("outpost exited during the run: {exit}"));
+        report.problems.push(format!(
+            "outpost exited during the run: {exit}; log tail:\n{}",
+            server::tail(&proc.log_path, 1500)
+        ));
     }
     report.outpost_data_bytes.push(report::DataDir {
-        instance: dir
-            .file_name()
+        instance: proc
+            .data_dir
+            .parent()
+            .and_then(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         bytes: server::dir_size(&proc.data_dir),
     });
-    let log_tail = server::tail(&proc.log_path, 1500);
     let shutdown = proc.stop(Duration::from_secs(15));
     if !shutdown.graceful {
         report.problems.push(format!(
@@ -389,64 +424,11 @@ where
         ));
     }
     report.outpost_shutdown = Some(shutdown);
-    if result.is_err() {
-        eprintln!("  outpost log tail:\n{log_tail}");
-    }
-    result
-}
-
-/// The latency/throughput phases against a fresh outpost.
-fn run_outpost(
-    rt: &tokio::runtime::Runtime,
-    args: &Args,
-    plan: &Plan,
-    bin: &Path,
-    tmp: &Path,
-    report: &mut Report,
-) -> Result<()> {
-    eprintln!("== outpost ({})", bin.display());
-    with_outpost(
-        rt,
-        args,
-        bin,
-        &tmp.join("phases"),
-        report,
-        async |api, pid, report: &mut Report| {
-            report.rss.extend(rss_sample(pid, "ready (empty)", Some(0)));
-            let mut conn = Conn::new(api);
-            let t = Instant::now();
-            load_rows_http(&mut conn, plan.rows)
-                .await
-                .context("load rows over Hrana")?;
-            eprintln!(
-                "  loaded {} rows in {:.2}s",
-                plan.rows,
-                t.elapsed().as_secs_f64()
-            );
-            let perf = match &args.perf_record {
-                Some(out) => Some(start_perf(pid, out, &args.perf_args)?),
-                None => None,
-            };
-            for (w, c) in plan.phases() {
-                let clock = plan.clock();
-                let stats = client::run_phase(api, w, c, plan.rows, clock.clone()).await?;
-                report
-                    .results
-                    .push(summarize(Target::Outpost, w, c, &clock, stats));
-            }
-            if let Some(perf) = perf {
-                stop_perf(perf);
-            }
-            let rows = count_rows_http(&mut conn).await.ok();
-            report.rss.extend(rss_sample(pid, "after the phases", rows));
-            Ok(())
-        },
-    )
 }
 
 /// Memory against table size, on a fresh outpost: load to each checkpoint (10k, 100k, 1M
 /// up to `rss_rows`), sample RSS, read across the table for a few seconds, sample again.
-/// Then the optional soak.
+/// Then the optional soak (90/10 mix at 16 clients, RSS every 10 s).
 fn run_rss(
     rt: &tokio::runtime::Runtime,
     args: &Args,
@@ -462,79 +444,78 @@ fn run_rss(
         .filter(|&n| n < target)
         .collect();
     checkpoints.push(target);
-    with_outpost(
-        rt,
-        args,
-        bin,
-        &tmp.join("memory"),
-        report,
-        async |api, pid, report: &mut Report| {
-            report.rss.extend(rss_sample(pid, "memory: empty", Some(0)));
-            let mut conn = Conn::new(api);
-            let mut have = 0;
-            let mut load_secs = 0.0;
-            for &n in &checkpoints {
-                let t = Instant::now();
-                load_rows_http(&mut conn, n - have).await?;
-                load_secs += t.elapsed().as_secs_f64();
-                have = n;
-                report
-                    .rss
-                    .extend(rss_sample(pid, &format!("memory: loaded {n}"), Some(n)));
+    let proc = start_outpost(rt, args, bin, &tmp.join("memory"), 0, report)?;
+    let (api, pid) = (proc.api, proc.pid());
+    let result = rt.block_on(async {
+        let mut conn = Conn::new(api);
+        let mut have = 0;
+        let mut load_secs = 0.0;
+        for &n in &checkpoints {
+            let t = Instant::now();
+            load_rows_http(&mut conn, n - have).await?;
+            load_secs += t.elapsed().as_secs_f64();
+            have = n;
+            report
+                .rss
+                .extend(rss_sample(pid, &format!("memory: loaded {n}"), Some(n)));
+            let clock = Arc::new(PhaseClock::new(
+                Duration::ZERO,
+                Duration::from_secs(3),
+                plan.max_ops,
+            ));
+            client::run_phase(api, Workload::Read, 16, n, clock).await?;
+            report.rss.extend(rss_sample(
+                pid,
+                &format!("memory: {n} + 3 s of reads"),
+                Some(n),
+            ));
+        }
+        report.bulk_load_rows_per_sec = Some(have as f64 / load_secs);
+        eprintln!(
+            "  bulk load: {} rows/s (200-row inserts)",
+            fmt_rate(have as f64 / load_secs)
+        );
+
+        if plan.soak_seconds > 0 {
+            let end = Instant::now() + Duration::from_secs(plan.soak_seconds);
+            let start = Instant::now();
+            let mut soak = WorkerStats::new();
+            while Instant::now() < end {
+                let left = end.saturating_duration_since(Instant::now());
                 let clock = Arc::new(PhaseClock::new(
                     Duration::ZERO,
-                    Duration::from_secs(3),
+                    left.min(Duration::from_secs(10)),
                     plan.max_ops,
                 ));
-                client::run_phase(api, Workload::Read, 16, n, clock).await?;
-                report.rss.extend(rss_sample(
-                    pid,
-                    &format!("memory: {n} + 3 s of reads"),
-                    Some(n),
+                let s =
+                    client::run_phase(api, Workload::Mix { read_pct: 90 }, 16, have, clock.clone())
+                        .await?;
+                soak.merge(s);
+                let label = format!("soak {:.0}s", start.elapsed().as_secs_f64());
+                report.rss.extend(rss_sample(pid, &label, None));
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let summary = Summary::from_hist(&soak.all, soak.errors, secs);
+            eprintln!(
+                "  soak: {} ops/s over {secs:.0}s, p99 {}, errors {}",
+                fmt_rate(summary.ops_per_sec),
+                stats::fmt_us(summary.p99_us),
+                summary.errors
+            );
+            if summary.ops == 0 || soak.errors * 100 > summary.ops + soak.errors {
+                report.problems.push(format!(
+                    "soak: {} ok, {} failed (first error: {})",
+                    summary.ops,
+                    soak.errors,
+                    soak.first_error.as_deref().unwrap_or("-")
                 ));
             }
-            report.bulk_load_rows_per_sec = Some(have as f64 / load_secs);
-            eprintln!(
-                "  bulk load: {} rows/s (200-row inserts)",
-                fmt_rate(have as f64 / load_secs)
-            );
-
-            if plan.soak_seconds > 0 {
-                let end = Instant::now() + Duration::from_secs(plan.soak_seconds);
-                let start = Instant::now();
-                let mut soak = WorkerStats::new();
-                while Instant::now() < end {
-                    let left = end.saturating_duration_since(Instant::now());
-                    let clock = Arc::new(PhaseClock::new(
-                        Duration::ZERO,
-                        left.min(Duration::from_secs(10)),
-                        plan.max_ops,
-                    ));
-                    let s = client::run_phase(
-                        api,
-                        Workload::Mix { read_pct: 90 },
-                        16,
-                        have,
-                        clock.clone(),
-                    )
-                    .await?;
-                    soak.merge(s);
-                    let label = format!("soak {:.0}s", start.elapsed().as_secs_f64());
-                    report.rss.extend(rss_sample(pid, &label, None));
-                }
-                let secs = start.elapsed().as_secs_f64();
-                let summary = Summary::from_hist(&soak.all, soak.errors, secs);
-                eprintln!(
-                    "  soak: {} ops/s over {secs:.0}s, p99 {}, errors {}",
-                    fmt_rate(summary.ops_per_sec),
-                    stats::fmt_us(summary.p99_us),
-                    summary.errors
-                );
-                report.soak = Some(summary);
-            }
-            Ok(())
-        },
-    )
+            report.soak = Some(summary);
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    stop_outpost(proc, report);
+    result
 }
 
 fn run(args: &Args) -> Result<Report> {
@@ -560,46 +541,89 @@ fn run(args: &Args) -> Result<Report> {
             .build()?
     };
 
-    if want("inproc") {
-        eprintln!("== libSQL in-process (WAL, synchronous=FULL)");
-        let db = inproc::InProc::create(tmp.path(), plan.rows)?;
-        for (w, c) in plan.phases() {
+    // Set every target up first, then run each phase on the three targets back to back, so
+    // that the numbers a ratio compares were measured close together in time.
+    let inproc = if want("inproc") {
+        Some(inproc::InProc::create(tmp.path(), plan.rows)?)
+    } else {
+        None
+    };
+    let bare = if want("bare") {
+        Some(bare::BareServer::start(plan.bare_workers)?)
+    } else {
+        None
+    };
+    let mut bin = None;
+    let mut outpost = None;
+    if want("outpost") {
+        let started = resolve_bin(args).and_then(|b| {
+            report.outpost_bin = Some(b.display().to_string());
+            eprintln!("== outpost ({})", b.display());
+            bin = Some(b.clone());
+            start_outpost(
+                &rt,
+                args,
+                &b,
+                &tmp.path().join("phases"),
+                plan.rows,
+                &mut report,
+            )
+        });
+        match started {
+            Ok(p) => outpost = Some(p),
+            Err(e) => report.problems.push(format!("outpost: {e:#}")),
+        }
+    }
+    let perf = match (&args.perf_record, &outpost) {
+        (Some(out), Some(p)) => Some(start_perf(p.pid(), out, &args.perf_args)?),
+        _ => None,
+    };
+
+    eprintln!("== phases: inproc = libSQL in-process (WAL, synchronous=FULL), bare-http = actix-web fixed JSON");
+    for (w, c) in plan.phases() {
+        if let Some(db) = &inproc {
             let clock = plan.clock();
             let stats = db.run(w, c, clock.clone())?;
             report
                 .results
                 .push(summarize(Target::InProc, w, c, &clock, stats));
         }
+        if let Some(srv) = &bare {
+            let clock = plan.clock();
+            let stats = rt.block_on(client::run_phase(srv.addr, w, c, plan.rows, clock.clone()))?;
+            report
+                .results
+                .push(summarize(Target::Bare, w, c, &clock, stats));
+        }
+        if let Some(p) = &outpost {
+            let clock = plan.clock();
+            let stats = rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
+            report
+                .results
+                .push(summarize(Target::Outpost, w, c, &clock, stats));
+        }
     }
 
-    if want("bare") {
-        eprintln!("== bare HTTP round trip (actix-web, fixed JSON)");
-        let srv = bare::BareServer::start(plan.bare_workers)?;
-        let addr = srv.addr;
-        rt.block_on(async {
-            for (w, c) in plan.phases() {
-                let clock = plan.clock();
-                let stats = client::run_phase(addr, w, c, plan.rows, clock.clone()).await?;
-                report
-                    .results
-                    .push(summarize(Target::Bare, w, c, &clock, stats));
-            }
-            srv.stop().await;
-            Ok::<_, anyhow::Error>(())
-        })?;
+    if let Some(perf) = perf {
+        stop_perf(perf);
     }
-
-    if want("outpost") {
-        let outcome = resolve_bin(args).and_then(|bin| {
-            report.outpost_bin = Some(bin.display().to_string());
-            run_outpost(&rt, args, &plan, &bin, tmp.path(), &mut report)?;
+    if let Some(srv) = bare {
+        rt.block_on(srv.stop());
+    }
+    if let Some(p) = outpost {
+        let rows = rt
+            .block_on(async { count_rows_http(&mut Conn::new(p.api)).await })
+            .ok();
+        report
+            .rss
+            .extend(rss_sample(p.pid(), "phases: after the phases", rows));
+        stop_outpost(p, &mut report);
+        if let Some(b) = &bin {
             if plan.rss_rows > 0 || plan.soak_seconds > 0 {
-                run_rss(&rt, args, &plan, &bin, tmp.path(), &mut report)?;
+                if let Err(e) = run_rss(&rt, args, &plan, b, tmp.path(), &mut report) {
+                    report.problems.push(format!("outpost memory run: {e:#}"));
+                }
             }
-            Ok(())
-        });
-        if let Err(e) = outcome {
-            report.problems.push(format!("outpost: {e:#}"));
         }
     }
 

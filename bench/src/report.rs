@@ -388,7 +388,11 @@ impl Report {
                 "\nratios (outpost vs same-run baselines)\n{:<10} {:>4}  {:>18} {:>11} {:>11} {:>13} {:>11}",
                 "workload", "conc", "p50/(inproc+bare)", "p50/inproc", "p99/inproc", "ops/s÷inproc", "ops/s÷bare"
             );
-            for r in &self.ratios {
+            for r in self
+                .ratios
+                .iter()
+                .filter(|r| r.inproc_p50_us.is_some() || r.bare_p50_us.is_some())
+            {
                 let _ = writeln!(
                     out,
                     "{:<10} {:>4}  {:>18} {:>11} {:>11} {:>13} {:>11}",
