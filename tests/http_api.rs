@@ -359,6 +359,30 @@ fn v1_endpoints_and_probes() {
     );
     assert_eq!(status, 400);
     assert_eq!(body["code"], "SQLITE_UNKNOWN");
+    let (status, body) = post(
+        &format!("{}/v1/execute", server.api),
+        None,
+        &json!({"stmt": {"sql": "ATTACH 'x' AS x"}}).to_string(),
+    );
+    assert_eq!(status, 403, "{body}");
+}
+
+#[test]
+fn read_only_token_is_forbidden_to_write_over_v1() {
+    let server = Server::start_with(Options {
+        init: true,
+        ..Options::default()
+    });
+    let ro = common::token(server.data_dir(), &["--read-only"]);
+    let url = format!("{}/v1/execute", server.api);
+    let write = json!({"stmt": {"sql": "CREATE TABLE t(x)"}}).to_string();
+    let (status, body) = post(&url, Some(&ro), &write);
+    assert_eq!(status, 403, "{body}");
+    let read = json!({"stmt": {"sql": "SELECT 1"}}).to_string();
+    assert_eq!(post(&url, Some(&ro), &read).0, 200);
+    let (status, body) = post(&url, None, &read);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "AUTH_FAILED");
 }
 
 #[test]
