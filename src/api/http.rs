@@ -99,16 +99,27 @@ fn check_pipeline_len(app: &AppState, len: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What every Hrana HTTP request goes through first: authentication, the
+/// body limit, JSON parsing, and admission.
+async fn accept<T: DeserializeOwned>(
+    app: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(Access, T), ApiError> {
+    let access = authenticate(app, req)?;
+    let body = read_body(app, payload).await?;
+    let body: T = parse_json(&body)?;
+    admit(app)?;
+    Ok((access, body))
+}
+
 pub async fn pipeline(
     app: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let access = authenticate(&app, &req)?;
-    let body = read_body(&app, payload).await?;
-    let body: PipelineReqBody = parse_json(&body)?;
+    let (access, body): (_, PipelineReqBody) = accept(&app, &req, payload).await?;
     check_pipeline_len(&app, body.requests.len())?;
-    admit(&app)?;
     let caller = Caller { app: &app, access };
     let mut stream = app.streams.check_out(body.baton.as_deref())?;
     let mut results = Vec::with_capacity(body.requests.len());
@@ -150,10 +161,7 @@ pub async fn cursor(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let access = authenticate(&app, &req)?;
-    let body = read_body(&app, payload).await?;
-    let body: CursorReqBody = parse_json(&body)?;
-    admit(&app)?;
+    let (access, body): (_, CursorReqBody) = accept(&app, &req, payload).await?;
     let caller = Caller { app: &app, access };
     let mut stream = app.streams.check_out(body.baton.as_deref())?;
     let out = &mut *stream;
@@ -233,19 +241,12 @@ pub async fn v1_execute(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let access = authenticate(&app, &req)?;
-    let body = read_body(&app, payload).await?;
-    let body: ExecuteBody = parse_json(&body)?;
-    admit(&app)?;
+    let (access, body): (_, ExecuteBody) = accept(&app, &req, payload).await?;
     let caller = Caller { app: &app, access };
-    let mut stream = StreamState::default();
-    match caller
-        .run_stmt(&mut stream, &SqlStore::default(), body.stmt)
-        .await
-    {
-        Ok(result) => json_response(&serde_json::json!({ "result": result })),
-        Err(e) => Ok(v1_error(&e)),
-    }
+    let result = caller
+        .run_stmt(&mut StreamState::default(), &SqlStore::default(), body.stmt)
+        .await;
+    v1_reply(result)
 }
 
 /// `/v1/batch`: one batch on a fresh stream.
@@ -254,16 +255,20 @@ pub async fn v1_batch(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let access = authenticate(&app, &req)?;
-    let body = read_body(&app, payload).await?;
-    let body: BatchBody = parse_json(&body)?;
-    admit(&app)?;
+    let (access, body): (_, BatchBody) = accept(&app, &req, payload).await?;
     let caller = Caller { app: &app, access };
-    let mut stream = StreamState::default();
-    match caller
-        .run_batch(&mut stream, &SqlStore::default(), body.batch)
-        .await
-    {
+    let result = caller
+        .run_batch(
+            &mut StreamState::default(),
+            &SqlStore::default(),
+            body.batch,
+        )
+        .await;
+    v1_reply(result)
+}
+
+fn v1_reply<T: serde::Serialize>(result: Result<T, SqlError>) -> Result<HttpResponse, ApiError> {
+    match result {
         Ok(result) => json_response(&serde_json::json!({ "result": result })),
         Err(e) => Ok(v1_error(&e)),
     }

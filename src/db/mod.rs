@@ -205,6 +205,23 @@ fn route_of(item: &WorkItem) -> Route {
     }
 }
 
+/// Puts a job on a bounded queue, counting it in `depth`, without waiting.
+fn enqueue<T>(
+    tx: &crossbeam_channel::Sender<T>,
+    job: T,
+    depth: &prometheus::IntGauge,
+    queue: &'static str,
+) -> Result<(), SubmitError> {
+    depth.inc();
+    tx.try_send(job).map_err(|e| {
+        depth.dec();
+        match e {
+            crossbeam_channel::TrySendError::Full(_) => SubmitError::QueueFull(queue),
+            crossbeam_channel::TrySendError::Disconnected(_) => SubmitError::Closed,
+        }
+    })
+}
+
 async fn submit_via_lease(
     lease: &Lease,
     item: WorkItem,

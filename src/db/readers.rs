@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use libsql_sys::rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -75,14 +75,8 @@ impl ReaderPool {
 
     pub async fn submit(&self, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        self.metrics.reader_queue_depth.inc();
-        if let Err(e) = self.tx.try_send(Job { item, ctx, reply }) {
-            self.metrics.reader_queue_depth.dec();
-            return Err(match e {
-                TrySendError::Full(_) => SubmitError::QueueFull("reader"),
-                TrySendError::Disconnected(_) => SubmitError::Closed,
-            });
-        }
+        let job = Job { item, ctx, reply };
+        super::enqueue(&self.tx, job, &self.metrics.reader_queue_depth, "reader")?;
         rx.await.map_err(|_| SubmitError::Closed)
     }
 

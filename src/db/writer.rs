@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use libsql_sys::rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -91,14 +91,7 @@ impl WriterHandle {
             groupable,
             upgrade_from,
         };
-        self.metrics.writer_queue_depth.inc();
-        if let Err(e) = self.tx.try_send(job) {
-            self.metrics.writer_queue_depth.dec();
-            return Err(match e {
-                TrySendError::Full(_) => SubmitError::QueueFull("writer"),
-                TrySendError::Disconnected(_) => SubmitError::Closed,
-            });
-        }
+        super::enqueue(&self.tx, job, &self.metrics.writer_queue_depth, "writer")?;
         rx.await.map_err(|_| SubmitError::Closed)
     }
 
