@@ -113,6 +113,10 @@ pub struct Limits {
     pub stream_idle_timeout: Duration,
     /// Largest WebSocket message.
     pub max_ws_message_bytes: usize,
+    /// Longest one request (statement, batch or sequence) may run before it
+    /// is interrupted, so a runaway query cannot hold a connection forever.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
     /// Most write jobs waiting for the writer; beyond it requests get 429.
     pub writer_queue: usize,
     /// Most read jobs waiting for a reader; beyond it requests get 429.
@@ -179,6 +183,7 @@ impl Default for Limits {
             max_stored_sql: 256,
             stream_idle_timeout: Duration::from_secs(10),
             max_ws_message_bytes: 8 * 1024 * 1024,
+            query_timeout: Duration::from_secs(30),
             writer_queue: 4096,
             reader_queue: 4096,
         }
@@ -256,6 +261,9 @@ impl Config {
             if value == 0 {
                 return invalid(format!("{name} must be greater than 0"));
             }
+        }
+        if self.limits.query_timeout.is_zero() {
+            return invalid("limits.query_timeout must be greater than 0".into());
         }
         if self.limits.stream_idle_timeout.is_zero() {
             return invalid("limits.stream_idle_timeout must be greater than 0".into());

@@ -429,3 +429,32 @@ fn cors_preflight_is_permissive() {
     assert_eq!(resp.status(), 200);
     assert!(resp.header("access-control-allow-origin").is_some());
 }
+
+#[test]
+fn runaway_queries_are_interrupted_at_the_timeout() {
+    let server = Server::start_with(Options {
+        env: vec![("OUTPOST_LIMITS_QUERY_TIMEOUT", "300ms".into())],
+        ..Options::default()
+    });
+    let forever =
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT count(*) FROM c";
+    let started = std::time::Instant::now();
+    let r = exec(&server, None, forever);
+    assert_eq!(r["error"]["code"], "SQLITE_INTERRUPT", "{r}");
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("limits.query_timeout"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // A write that runs away on the writer is interrupted too, and the writer moves on.
+    exec(&server, None, "CREATE TABLE t(x)");
+    let r = exec(
+        &server,
+        None,
+        &format!("INSERT INTO t {}", forever.replace("count(*)", "n")),
+    );
+    assert_eq!(r["error"]["code"], "SQLITE_INTERRUPT", "{r}");
+    let ok = exec(&server, None, "INSERT INTO t VALUES (1)");
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(count_rows(&server, "t"), "1");
+}

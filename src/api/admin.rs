@@ -31,6 +31,7 @@ async fn ready(app: web::Data<AppState>) -> HttpResponse {
         access: Access::ReadOnly,
         max_rows: 1,
         max_bytes: 1024,
+        timeout: std::time::Duration::from_secs(5),
     };
     let stmt = libsql_hrana::proto::Stmt::new("SELECT 1", true);
     match app.db.run(WorkItem::Execute(stmt), ctx, None).await {

@@ -108,6 +108,7 @@ impl Caller<'_> {
             access: self.access,
             max_rows: self.app.config.limits.max_response_rows,
             max_bytes: self.app.config.limits.max_response_bytes,
+            timeout: self.app.config.limits.query_timeout,
         }
     }
 

@@ -55,6 +55,9 @@ pub enum Role {
 pub struct Guard {
     internal: std::sync::atomic::AtomicBool,
     denial: Mutex<Option<String>>,
+    /// When the running request must stop (checked by the progress handler).
+    deadline: Mutex<Option<std::time::Instant>>,
+    timed_out: std::sync::atomic::AtomicBool,
 }
 
 impl Guard {
@@ -65,6 +68,27 @@ impl Guard {
         let out = f();
         self.internal.store(false, Relaxed);
         out
+    }
+
+    /// Sets the deadline of the request about to run (None: no request).
+    /// Returns whether the previous request hit its deadline.
+    pub fn set_deadline(&self, deadline: Option<std::time::Instant>) -> bool {
+        *self.deadline.lock() = deadline;
+        self.timed_out
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The progress handler: true interrupts the running statement.
+    fn past_deadline(&self) -> bool {
+        let past = self
+            .deadline
+            .lock()
+            .is_some_and(|d| std::time::Instant::now() >= d);
+        if past {
+            self.timed_out
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        past
     }
 
     /// Why the authorizer denied the last statement, if it did.
@@ -228,6 +252,10 @@ pub fn open(
     // The hook never panics; AssertUnwindSafe only satisfies rusqlite's bound.
     let hook_guard = std::panic::AssertUnwindSafe(Arc::clone(&guard));
     conn.authorizer(Some(move |ctx: AuthContext<'_>| hook_guard.authorize(&ctx)));
+    // Every ~10k virtual machine steps (tens of microseconds), check the
+    // request's deadline.
+    let progress_guard = std::panic::AssertUnwindSafe(Arc::clone(&guard));
+    conn.progress_handler(10_000, Some(move || progress_guard.past_deadline()));
     Ok((conn, guard))
 }
 

@@ -22,6 +22,8 @@ pub struct ExecCtx {
     pub access: Access,
     pub max_rows: usize,
     pub max_bytes: usize,
+    /// Longest the whole work item may run (`limits.query_timeout`).
+    pub timeout: std::time::Duration,
 }
 
 /// Why a statement did not produce a result.
@@ -75,7 +77,25 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
+    /// Runs one work item, interrupted if it outlives `ctx.timeout`.
     pub fn run(&self, item: &WorkItem, ctx: &ExecCtx) -> Result<WorkOutput, ExecError> {
+        self.guard.set_deadline(Some(Instant::now() + ctx.timeout));
+        let output = self.run_item(item, ctx);
+        let timed_out = self.guard.set_deadline(None);
+        match output {
+            Err(ExecError::Sql(e)) if timed_out && e.code == "SQLITE_INTERRUPT" => Err(SqlError::new(
+                "SQLITE_INTERRUPT",
+                format!(
+                    "SQLite error: interrupted: the request ran longer than {:?} (limits.query_timeout)",
+                    ctx.timeout
+                ),
+            )
+            .into()),
+            other => other,
+        }
+    }
+
+    fn run_item(&self, item: &WorkItem, ctx: &ExecCtx) -> Result<WorkOutput, ExecError> {
         match item {
             WorkItem::Execute(stmt) => self.execute(stmt, ctx).map(WorkOutput::Execute),
             WorkItem::Batch(batch) => self.batch(batch, ctx).map(WorkOutput::Batch),
