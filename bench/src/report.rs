@@ -101,6 +101,8 @@ pub struct Report {
     pub tool: &'static str,
     pub date_utc: String,
     pub command: String,
+    /// `git describe --always --dirty` of the working directory, if it is a checkout.
+    pub git: Option<String>,
     pub machine: Machine,
     pub plan: Plan,
     pub outpost_bin: Option<String>,
@@ -198,6 +200,13 @@ impl Report {
             tool: "outpost-bench",
             date_utc: now_utc(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            git: std::process::Command::new("git")
+                .args(["describe", "--always", "--dirty"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
             machine: machine(),
             plan: plan.clone(),
             outpost_bin: None,
@@ -329,7 +338,11 @@ impl Report {
             m.loadavg_end.as_deref().unwrap_or("?")
         );
         if let Some(b) = &self.outpost_bin {
-            let _ = writeln!(out, "outpost binary: {b}");
+            let _ = writeln!(
+                out,
+                "outpost binary: {b} (checkout {})",
+                self.git.as_deref().unwrap_or("?")
+            );
         }
         let _ = writeln!(
             out,
