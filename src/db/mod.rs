@@ -20,6 +20,7 @@
 
 pub mod classify;
 pub mod conn;
+mod dispatch;
 pub mod exec;
 mod readers;
 mod writer;
@@ -205,20 +206,15 @@ fn route_of(item: &WorkItem) -> Route {
     }
 }
 
-/// Puts a job on a bounded queue, counting it in `depth`, without waiting.
+/// Queues a job on a pool's dispatch, without waiting.
 fn enqueue<T>(
-    tx: &crossbeam_channel::Sender<T>,
+    queue: &dispatch::Dispatch<T>,
     job: T,
-    depth: &prometheus::IntGauge,
-    queue: &'static str,
+    name: &'static str,
 ) -> Result<(), SubmitError> {
-    depth.inc();
-    tx.try_send(job).map_err(|e| {
-        depth.dec();
-        match e {
-            crossbeam_channel::TrySendError::Full(_) => SubmitError::QueueFull(queue),
-            crossbeam_channel::TrySendError::Disconnected(_) => SubmitError::Closed,
-        }
+    queue.push(job).map_err(|(e, _)| match e {
+        dispatch::PushError::Full => SubmitError::QueueFull(name),
+        dispatch::PushError::Closed => SubmitError::Closed,
     })
 }
 

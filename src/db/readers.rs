@@ -13,20 +13,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use libsql_sys::rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::conn::{self, Guard, Role};
+use super::dispatch::Dispatch;
 use super::exec::{ExecCtx, ExecError, Session, WorkItem, WorkOutput};
 use super::{DbError, Job, JobReply, Lease, LeaseKind, SubmitError, TxnState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub struct ReaderPool {
-    tx: Sender<Job>,
+    queue: Arc<Dispatch<Job>>,
     threads: Vec<JoinHandle<()>>,
-    metrics: Arc<Metrics>,
 }
 
 struct Reader {
@@ -44,7 +44,11 @@ impl ReaderPool {
         metrics: Arc<Metrics>,
         commits: Arc<AtomicU64>,
     ) -> Result<Self, DbError> {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(config.limits.reader_queue);
+        let queue = Arc::new(Dispatch::new(
+            config.db.readers,
+            config.limits.reader_queue,
+            metrics.reader_queue_depth.clone(),
+        ));
         let mut threads = Vec::with_capacity(config.db.readers);
         for i in 0..config.db.readers {
             let (conn, guard) =
@@ -59,33 +63,28 @@ impl ReaderPool {
                 commits: Arc::clone(&commits),
                 idle_timeout: config.limits.stream_idle_timeout,
             };
-            let rx = rx.clone();
+            let queue = Arc::clone(&queue);
             let thread = std::thread::Builder::new()
                 .name(format!("outpost-reader-{i}"))
-                .spawn(move || reader.run(rx))
+                .spawn(move || reader.run(&queue, i))
                 .map_err(DbError::Thread)?;
             threads.push(thread);
         }
-        Ok(Self {
-            tx,
-            threads,
-            metrics,
-        })
+        Ok(Self { queue, threads })
     }
 
     pub async fn submit(&self, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { item, ctx, reply };
-        super::enqueue(&self.tx, job, &self.metrics.reader_queue_depth, "reader")?;
+        super::enqueue(&self.queue, Job { item, ctx, reply }, "reader")?;
         rx.await.map_err(|_| SubmitError::Closed)
     }
 
     pub fn is_full(&self) -> bool {
-        self.tx.is_full()
+        self.queue.is_full()
     }
 
     pub fn shutdown(self) {
-        drop(self.tx);
+        self.queue.close();
         for t in self.threads {
             if t.join().is_err() {
                 tracing::error!("a reader thread panicked");
@@ -95,9 +94,8 @@ impl ReaderPool {
 }
 
 impl Reader {
-    fn run(self, rx: Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
-            self.metrics.reader_queue_depth.dec();
+    fn run(self, queue: &Dispatch<Job>, thread: usize) {
+        while let Some(job) = queue.pop(thread) {
             let snapshot = self.commits.load(Ordering::Acquire);
             let output = self.execute(&job);
             if self.conn.is_autocommit() || matches!(output, Err(ExecError::NeedsWriter)) {
