@@ -39,6 +39,10 @@ pub struct Args {
     /// Measured seconds per phase [default: 10, quick: 1.5].
     #[arg(long)]
     seconds: Option<f64>,
+    /// Split each phase into this many rounds that alternate the targets (A B C A B C ...)
+    /// [default: 3, quick: 1].
+    #[arg(long)]
+    rounds: Option<u32>,
     /// Warm-up seconds before each phase (run, not recorded) [default: 1, quick: 0.25].
     #[arg(long)]
     warmup: Option<f64>,
@@ -107,6 +111,7 @@ pub struct Args {
 pub struct Plan {
     pub mode: &'static str,
     pub seconds: f64,
+    pub rounds: u32,
     pub warmup: f64,
     pub max_ops: u64,
     pub concurrency: Vec<usize>,
@@ -125,6 +130,7 @@ impl Plan {
         Plan {
             mode: if a.quick { "quick" } else { "full" },
             seconds: a.seconds.unwrap_or(if a.quick { 1.5 } else { 10.0 }),
+            rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }).max(1),
             warmup: a.warmup.unwrap_or(if a.quick { 0.25 } else { 1.0 }),
             max_ops: a.max_ops,
             concurrency: a.concurrency.clone().unwrap_or_else(|| {
@@ -174,11 +180,14 @@ impl Plan {
         v
     }
 
+    /// The clock of one round: `seconds / rounds` measured after `warmup / rounds`
+    /// (and at most `max_ops / rounds` operations).
     fn clock(&self) -> Arc<PhaseClock> {
+        let r = f64::from(self.rounds);
         Arc::new(PhaseClock::new(
-            Duration::from_secs_f64(self.warmup.max(0.0)),
-            Duration::from_secs_f64(self.seconds.max(0.01)),
-            self.max_ops,
+            Duration::from_secs_f64((self.warmup / r).max(0.0)),
+            Duration::from_secs_f64((self.seconds / r).max(0.01)),
+            (self.max_ops / u64::from(self.rounds)).max(1),
         ))
     }
 }
@@ -187,10 +196,9 @@ fn summarize(
     target: Target,
     workload: Workload,
     concurrency: usize,
-    clock: &PhaseClock,
+    secs: f64,
     stats: WorkerStats,
 ) -> PhaseResult {
-    let secs = clock.measured_secs(stats.last_done);
     let mixed = matches!(workload, Workload::Mix { .. });
     let r = PhaseResult {
         target,
@@ -580,27 +588,41 @@ fn run(args: &Args) -> Result<Report> {
     };
 
     eprintln!("== phases: inproc = libSQL in-process (WAL, synchronous=FULL), bare-http = actix-web fixed JSON");
+    // Each phase is split into `rounds` rounds, each running the targets back to back
+    // (A B C A B C ...), and each target's rounds are merged: a burst of noise from the rest
+    // of the machine then lands on all targets alike.
     for (w, c) in plan.phases() {
-        if let Some(db) = &inproc {
-            let clock = plan.clock();
-            let stats = db.run(w, c, clock.clone())?;
-            report
-                .results
-                .push(summarize(Target::InProc, w, c, &clock, stats));
+        let mut acc: Vec<(Target, WorkerStats, f64)> = Vec::new();
+        for _ in 0..plan.rounds {
+            let mut add = |t: Target, clock: &PhaseClock, stats: WorkerStats| {
+                let secs = clock.measured_secs(stats.last_done);
+                match acc.iter_mut().find(|a| a.0 == t) {
+                    Some(a) => {
+                        a.1.merge(stats);
+                        a.2 += secs;
+                    }
+                    None => acc.push((t, stats, secs)),
+                }
+            };
+            if let Some(db) = &inproc {
+                let clock = plan.clock();
+                add(Target::InProc, &clock, db.run(w, c, clock.clone())?);
+            }
+            if let Some(srv) = &bare {
+                let clock = plan.clock();
+                let stats =
+                    rt.block_on(client::run_phase(srv.addr, w, c, plan.rows, clock.clone()))?;
+                add(Target::Bare, &clock, stats);
+            }
+            if let Some(p) = &outpost {
+                let clock = plan.clock();
+                let stats =
+                    rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
+                add(Target::Outpost, &clock, stats);
+            }
         }
-        if let Some(srv) = &bare {
-            let clock = plan.clock();
-            let stats = rt.block_on(client::run_phase(srv.addr, w, c, plan.rows, clock.clone()))?;
-            report
-                .results
-                .push(summarize(Target::Bare, w, c, &clock, stats));
-        }
-        if let Some(p) = &outpost {
-            let clock = plan.clock();
-            let stats = rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
-            report
-                .results
-                .push(summarize(Target::Outpost, w, c, &clock, stats));
+        for (t, stats, secs) in acc {
+            report.results.push(summarize(t, w, c, secs, stats));
         }
     }
 

@@ -282,7 +282,7 @@ impl Report {
                     }),
                 ),
                 Metric::RatioAtMost(g) => (
-                    format!("{name}, {c} {clients}: p50 / (in-process p50 + bare HTTP p50)"),
+                    format!("{name}, {c} {clients}: p50 / (in-process + bare HTTP p50)"),
                     format!("≤ {g:.1}x"),
                     self.ratios
                         .iter()
@@ -323,13 +323,14 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "\noutpost-bench {} mode, {} · {} cores · {} · {:.1} GiB RAM · {}s/phase",
+            "\noutpost-bench {} mode, {} · {} cores · {} · {:.1} GiB RAM · {}s/phase in {} round(s)",
             self.plan.mode,
             self.date_utc,
             m.nproc,
             m.cpu_model.as_deref().unwrap_or("?"),
             m.mem_total_kib.unwrap_or(0) as f64 / 1024.0 / 1024.0,
-            self.plan.seconds
+            self.plan.seconds,
+            self.plan.rounds
         );
         let _ = writeln!(
             out,
@@ -340,7 +341,7 @@ impl Report {
         if let Some(b) = &self.outpost_bin {
             let _ = writeln!(
                 out,
-                "outpost binary: {b} (checkout {})",
+                "outpost binary: {b} (checkout when run: {})",
                 self.git.as_deref().unwrap_or("?")
             );
         }
