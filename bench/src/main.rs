@@ -402,7 +402,7 @@ fn start_outpost(
         Err(e) => {
             let tail = server::tail(&proc.log_path, 1500);
             stop_outpost(proc, report);
-            Err(e.context(format!("outpost log tail:\n{tail}")))
+            Err(anyhow::anyhow!("{e:#}; outpost log tail:\n{tail}"))
         }
     }
 }

@@ -46,6 +46,14 @@ pub struct PhaseResult {
     pub first_error: Option<String>,
 }
 
+impl PhaseResult {
+    /// The phase shows the harness is broken: nothing succeeded, or more than 1 % failed.
+    pub fn failed(&self) -> bool {
+        let s = &self.summary;
+        s.ops == 0 || s.errors * 100 > s.ops + s.errors
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct RssSample {
     pub label: String,
@@ -304,11 +312,14 @@ impl Report {
             let s = &r.summary;
             let what = format!("{} {} c={}", r.target.name(), r.workload, r.concurrency);
             let err = r.first_error.as_deref().unwrap_or("-");
+            if !r.failed() {
+                continue;
+            }
             if s.ops == 0 {
                 self.problems.push(format!(
                     "{what}: no successful operation (first error: {err})"
                 ));
-            } else if s.errors * 100 > s.ops + s.errors {
+            } else {
                 self.problems.push(format!(
                     "{what}: {} of {} operations failed (first error: {err})",
                     s.errors,
@@ -469,12 +480,24 @@ impl Report {
                 s.exit
             );
         }
+        if self.plan.mode == "quick" {
+            let _ = writeln!(
+                out,
+                "\nquick mode: a check that the harness works; its figures are not measurements"
+            );
+        }
         if !self.problems.is_empty() {
             let _ = writeln!(out, "\nPROBLEMS (the harness run is broken):");
             for p in &self.problems {
                 let _ = writeln!(out, "  - {p}");
             }
         }
+        // One check per phase that ran, plus one failed check per other problem (outpost did
+        // not start, did not stop cleanly, ...), in the plain form CI logs understand.
+        let failed_phases = self.results.iter().filter(|r| r.failed()).count();
+        let passed = self.results.len() - failed_phases;
+        let failed = self.problems.len();
+        let _ = writeln!(out, "\nbench: {passed} passed, {failed} failed");
         out
     }
 }

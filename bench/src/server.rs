@@ -113,6 +113,8 @@ impl Outpost {
         let line = match rx.recv_timeout(timeout) {
             Ok(line) => line,
             Err(e) => {
+                // If stdout closed, the process is exiting: give it a moment to be reaped.
+                std::thread::sleep(Duration::from_millis(100));
                 let status = outpost.child.try_wait().ok().flatten();
                 let _ = outpost.child.kill();
                 bail!(
