@@ -9,13 +9,15 @@ use crate::stats::{fmt_rate, fmt_us, Summary};
 use crate::Plan;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// libSQL in-process, the floor.
+    #[serde(rename = "inproc")]
     InProc,
     /// A trivial actix-web handler over the same HTTP client.
+    #[serde(rename = "bare-http")]
     Bare,
     /// outpost serve, Hrana over HTTP.
+    #[serde(rename = "outpost")]
     Outpost,
 }
 
