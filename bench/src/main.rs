@@ -568,6 +568,9 @@ fn run(args: &Args) -> Result<Report> {
             report.outpost_bin = Some(b.display().to_string());
             eprintln!("== outpost ({})", b.display());
             bin = Some(b.clone());
+            if plan.phases().is_empty() {
+                return Ok(None);
+            }
             start_outpost(
                 &rt,
                 args,
@@ -576,9 +579,10 @@ fn run(args: &Args) -> Result<Report> {
                 plan.rows,
                 &mut report,
             )
+            .map(Some)
         });
         match started {
-            Ok(p) => outpost = Some(p),
+            Ok(p) => outpost = p,
             Err(e) => report.problems.push(format!("outpost: {e:#}")),
         }
     }
@@ -640,11 +644,11 @@ fn run(args: &Args) -> Result<Report> {
             .rss
             .extend(rss_sample(p.pid(), "phases: after the phases", rows));
         stop_outpost(p, &mut report);
-        if let Some(b) = &bin {
-            if plan.rss_rows > 0 || plan.soak_seconds > 0 {
-                if let Err(e) = run_rss(&rt, args, &plan, b, tmp.path(), &mut report) {
-                    report.problems.push(format!("outpost memory run: {e:#}"));
-                }
+    }
+    if let Some(b) = &bin {
+        if plan.rss_rows > 0 || plan.soak_seconds > 0 {
+            if let Err(e) = run_rss(&rt, args, &plan, b, tmp.path(), &mut report) {
+                report.problems.push(format!("outpost memory run: {e:#}"));
             }
         }
     }
