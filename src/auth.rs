@@ -69,14 +69,8 @@ impl Authenticator {
     }
 
     pub fn from_public_key_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let invalid = |message: String| KeyError::Invalid {
-            path: path.display().to_string(),
-            message,
-        };
+        let text = String::from_utf8_lossy(&read_key(path)?).into_owned();
+        let invalid = |message: String| invalid_key(path, message);
         let trimmed = text.trim();
         // PEM (SPKI) as `outpost init` writes it, or a bare base64url key as
         // libSQL's server accepts it.
@@ -145,6 +139,20 @@ impl Authenticator {
     }
 }
 
+fn read_key(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn invalid_key(path: &Path, message: String) -> KeyError {
+    KeyError::Invalid {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
 /// Creates the key pair in `dir` unless it exists. Returns true if created.
 pub fn generate_keys(dir: &Path) -> Result<bool, KeyError> {
     let private = dir.join(PRIVATE_KEY_FILE);
@@ -158,10 +166,7 @@ pub fn generate_keys(dir: &Path) -> Result<bool, KeyError> {
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let invalid = |message: String| KeyError::Invalid {
-        path: dir.display().to_string(),
-        message,
-    };
+    let invalid = |message: String| invalid_key(dir, message);
     let private_pem = signing
         .to_pkcs8_pem(Default::default())
         .map_err(|e| invalid(e.to_string()))?;
@@ -194,14 +199,8 @@ pub fn mint_token(
     expires: Option<Duration>,
 ) -> Result<String, KeyError> {
     let path = dir.join(PRIVATE_KEY_FILE);
-    let pem = std::fs::read(&path).map_err(|source| KeyError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let invalid = |message: String| KeyError::Invalid {
-        path: path.display().to_string(),
-        message,
-    };
+    let pem = read_key(&path)?;
+    let invalid = |message: String| invalid_key(&path, message);
     let key = EncodingKey::from_ed_pem(&pem).map_err(|e| invalid(e.to_string()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -117,6 +117,9 @@ pub struct Limits {
     /// is interrupted, so a runaway query cannot hold a connection forever.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// Most read transactions holding a connection of their own; beyond it
+    /// a read transaction occupies one of the `db.readers` threads.
+    pub max_read_transactions: usize,
     /// Most write jobs waiting for the writer; beyond it requests get 429.
     pub writer_queue: usize,
     /// Most read jobs waiting for a reader; beyond it requests get 429.
@@ -184,6 +187,7 @@ impl Default for Limits {
             stream_idle_timeout: Duration::from_secs(10),
             max_ws_message_bytes: 8 * 1024 * 1024,
             query_timeout: Duration::from_secs(30),
+            max_read_transactions: 64,
             writer_queue: 4096,
             reader_queue: 4096,
         }

@@ -458,3 +458,53 @@ fn runaway_queries_are_interrupted_at_the_timeout() {
     assert_eq!(ok["type"], "ok", "{ok}");
     assert_eq!(count_rows(&server, "t"), "1");
 }
+
+#[test]
+fn open_read_transactions_do_not_starve_the_reader_pool() {
+    let server = Server::start_with(Options {
+        env: vec![
+            ("OUTPOST_DB_READERS", "1".into()),
+            ("OUTPOST_LIMITS_MAX_READ_TRANSACTIONS", "3".into()),
+        ],
+        ..Options::default()
+    });
+    exec(&server, None, "CREATE TABLE t(x)");
+    // Three read transactions get connections of their own; the single
+    // pool reader stays free for everyone else.
+    let mut batons = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = pipeline(
+            &server,
+            json!({"baton": null, "requests": [
+                {"type": "execute", "stmt": {"sql": "BEGIN"}},
+                {"type": "execute", "stmt": {"sql": "SELECT count(*) FROM t"}}
+            ]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["results"][1]["type"], "ok", "{body}");
+        batons.push(body["baton"].as_str().unwrap().to_string());
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(count_rows(&server, "t"), "0");
+    exec(&server, None, "INSERT INTO t VALUES (1)");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "reads and writes waited for the open read transactions"
+    );
+    // Each transaction still works and sees its own snapshot.
+    for baton in batons {
+        let (_, body) = pipeline(
+            &server,
+            json!({"baton": baton, "requests": [
+                {"type": "execute", "stmt": {"sql": "SELECT count(*) FROM t"}},
+                {"type": "execute", "stmt": {"sql": "COMMIT"}},
+                {"type": "close"}
+            ]}),
+        );
+        assert_eq!(
+            body["results"][0]["response"]["result"]["rows"][0][0]["value"], "0",
+            "{body}"
+        );
+        assert_eq!(body["results"][1]["type"], "ok", "{body}");
+    }
+}

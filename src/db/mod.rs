@@ -78,6 +78,14 @@ pub struct Lease {
     kind: LeaseKind,
 }
 
+impl Lease {
+    /// A lease for the calling thread, and the receiver it serves it from.
+    fn open(kind: LeaseKind) -> (Lease, crossbeam_channel::Receiver<Job>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (Lease { tx, kind }, rx)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum LeaseKind {
     Writer,

@@ -253,13 +253,10 @@ impl Writer {
             });
             return;
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (lease, rx) = Lease::open(LeaseKind::Writer);
         let _ = job.reply.send(JobReply {
             output,
-            txn: TxnState::Opened(Lease {
-                tx,
-                kind: LeaseKind::Writer,
-            }),
+            txn: TxnState::Opened(lease),
         });
         self.serve_lease(rx);
         self.reset_connection_settings();
