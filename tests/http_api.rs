@@ -508,3 +508,47 @@ fn open_read_transactions_do_not_starve_the_reader_pool() {
         assert_eq!(body["results"][1]["type"], "ok", "{body}");
     }
 }
+
+#[test]
+fn a_read_transaction_becomes_a_write_only_on_the_newest_snapshot() {
+    let server = Server::start();
+    exec(&server, None, "CREATE TABLE t(x)");
+    let begin = |sql: &str| {
+        let (_, body) = pipeline(
+            &server,
+            json!({"baton": null, "requests": [
+                {"type": "execute", "stmt": {"sql": "BEGIN"}},
+                {"type": "execute", "stmt": {"sql": sql}}
+            ]}),
+        );
+        body["baton"].as_str().unwrap().to_string()
+    };
+    let next = |baton: &str, sqls: &[&str]| {
+        let requests: Vec<Value> = sqls
+            .iter()
+            .map(|s| json!({"type": "execute", "stmt": {"sql": s}}))
+            .collect();
+        let (_, body) = pipeline(&server, json!({"baton": baton, "requests": requests}));
+        body
+    };
+    // Nothing committed in between: the transaction moves to the writer.
+    let a = begin("SELECT count(*) FROM t");
+    let body = next(&a, &["INSERT INTO t VALUES (1)", "COMMIT"]);
+    assert_eq!(body["results"][0]["type"], "ok", "{body}");
+    assert_eq!(body["results"][1]["type"], "ok", "{body}");
+    assert_eq!(count_rows(&server, "t"), "1");
+    // Another write committed since it began: SQLITE_BUSY, and the read
+    // transaction is still there to read and roll back.
+    let b = begin("SELECT count(*) FROM t");
+    exec(&server, None, "INSERT INTO t VALUES (2)");
+    let body = next(&b, &["INSERT INTO t VALUES (3)"]);
+    assert_eq!(body["results"][0]["error"]["code"], "SQLITE_BUSY", "{body}");
+    let b = body["baton"].as_str().unwrap().to_string();
+    let body = next(&b, &["SELECT count(*) FROM t", "ROLLBACK"]);
+    assert_eq!(
+        body["results"][0]["response"]["result"]["rows"][0][0]["value"], "1",
+        "{body}"
+    );
+    assert_eq!(body["results"][1]["type"], "ok", "{body}");
+    assert_eq!(count_rows(&server, "t"), "2");
+}

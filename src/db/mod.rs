@@ -186,9 +186,15 @@ impl Database {
         if !matches!(reply.output, Err(ExecError::NeedsWriter)) {
             return Ok(reply);
         }
-        // The read transaction (now rolled back on its reader) writes:
-        // continue it on the writer if nothing was committed meanwhile.
-        self.writer.submit(item, ctx, false, Some(snapshot)).await
+        // The read transaction writes: continue it on the writer if nothing
+        // was committed meanwhile. On success the stream swaps its leases
+        // (dropping the reader's rolls its side back); on refusal it keeps
+        // the read transaction, which the client can still use or roll back.
+        let mut reply = self.writer.submit(item, ctx, false, Some(snapshot)).await?;
+        if matches!(reply.txn, TxnState::Closed) {
+            reply.txn = TxnState::StillOpen;
+        }
+        Ok(reply)
     }
 
     /// How many transactions the writer has committed since start.

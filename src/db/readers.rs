@@ -207,16 +207,15 @@ impl ReadConn {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let output = self.execute(&job);
-            let moves_to_writer = matches!(output, Err(ExecError::NeedsWriter));
-            let open = !self.conn.is_autocommit() && !moves_to_writer;
+            // On `NeedsWriter` the transaction stays open here: the writer
+            // may refuse to take it over, and then the client must still be
+            // able to read on and roll back, as in SQLite.
+            let open = !self.conn.is_autocommit();
             let txn = if open {
                 TxnState::StillOpen
             } else {
                 TxnState::Closed
             };
-            if moves_to_writer {
-                self.rollback();
-            }
             let _ = job.reply.send(JobReply { output, txn });
             if !open {
                 break;
