@@ -387,16 +387,17 @@ impl HttpStreams {
             .try_lock_owned()
             .expect("a new stream is unlocked");
         streams.insert(id, stream);
-        self.metrics.streams_open.set(streams.len() as i64);
+        // inc/dec, not set: WebSocket streams count in the same gauge.
+        self.metrics.streams_open.inc();
         Ok(CheckedOut { id, guard })
     }
 
     /// Returns a stream after a request: its next baton, or none if closed.
     pub fn check_in(&self, mut out: CheckedOut, closed: bool) -> Option<String> {
         if closed {
-            let mut streams = self.streams.lock();
-            streams.remove(&out.id);
-            self.metrics.streams_open.set(streams.len() as i64);
+            if self.streams.lock().remove(&out.id).is_some() {
+                self.metrics.streams_open.dec();
+            }
             return None;
         }
         out.guard.seq += 1;
@@ -415,9 +416,9 @@ impl HttpStreams {
         let expired = before - streams.len();
         if expired > 0 {
             self.metrics.stream_expired_total.inc_by(expired as u64);
+            self.metrics.streams_open.sub(expired as i64);
             tracing::debug!(expired, "closed idle HTTP streams");
         }
-        self.metrics.streams_open.set(streams.len() as i64);
     }
 
     pub fn len(&self) -> usize {
@@ -471,8 +472,14 @@ mod tests {
         assert_eq!(s.check_out(None).err().unwrap().code, "STREAMS_EXHAUSTED");
         s.check_in(b, true);
         std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(s.metrics.streams_open.get(), 1);
         s.expire_idle();
         assert!(s.is_empty());
+        assert_eq!(
+            s.metrics.streams_open.get(),
+            0,
+            "the gauge follows closes and expiries"
+        );
         assert_eq!(
             s.check_out(Some(&baton)).err().unwrap().code,
             "STREAM_EXPIRED"
