@@ -84,6 +84,14 @@ pub struct Args {
     /// Extra argument passed to `outpost serve` (repeatable).
     #[arg(long = "outpost-arg", allow_hyphen_values = true)]
     outpost_args: Vec<String>,
+    /// A/B comparison: also run every phase on a second outpost ("outpost-b") started from this
+    /// binary (default: the same one) ...
+    #[arg(long)]
+    compare_bin: Option<PathBuf>,
+    /// ... with these extra `serve` arguments (repeatable), e.g. a flag that turns CRDT capture
+    /// off. Either option turns the comparison on.
+    #[arg(long = "compare-arg", allow_hyphen_values = true)]
+    compare_args: Vec<String>,
     /// actix-web workers of the bare HTTP baseline (0 = actix's default, as outpost).
     #[arg(long, default_value_t = 0)]
     bare_workers: usize,
@@ -356,6 +364,7 @@ fn resolve_bin(args: &Args) -> Result<PathBuf> {
 fn start_outpost(
     rt: &tokio::runtime::Runtime,
     args: &Args,
+    extra_args: &[String],
     bin: &Path,
     dir: &Path,
     rows: u64,
@@ -366,7 +375,7 @@ fn start_outpost(
     let proc = server::Outpost::start(
         bin,
         dir,
-        &args.outpost_args,
+        extra_args,
         Duration::from_secs(args.start_timeout),
     )?;
     let started = t0.elapsed().as_secs_f64();
@@ -452,7 +461,15 @@ fn run_rss(
         .filter(|&n| n < target)
         .collect();
     checkpoints.push(target);
-    let proc = start_outpost(rt, args, bin, &tmp.join("memory"), 0, report)?;
+    let proc = start_outpost(
+        rt,
+        args,
+        &args.outpost_args,
+        bin,
+        &tmp.join("memory"),
+        0,
+        report,
+    )?;
     let (api, pid) = (proc.api, proc.pid());
     let result = rt.block_on(async {
         let mut conn = Conn::new(api);
@@ -563,6 +580,7 @@ fn run(args: &Args) -> Result<Report> {
     };
     let mut bin = None;
     let mut outpost = None;
+    let mut outpost_b = None;
     if want("outpost") {
         let started = resolve_bin(args).and_then(|b| {
             report.outpost_bin = Some(b.display().to_string());
@@ -574,6 +592,7 @@ fn run(args: &Args) -> Result<Report> {
             start_outpost(
                 &rt,
                 args,
+                &args.outpost_args,
                 &b,
                 &tmp.path().join("phases"),
                 plan.rows,
@@ -584,6 +603,32 @@ fn run(args: &Args) -> Result<Report> {
         match started {
             Ok(p) => outpost = p,
             Err(e) => report.problems.push(format!("outpost: {e:#}")),
+        }
+        if outpost.is_some() && (args.compare_bin.is_some() || !args.compare_args.is_empty()) {
+            let b = args.compare_bin.clone().or_else(|| bin.clone());
+            let extra: Vec<String> = args
+                .outpost_args
+                .iter()
+                .chain(&args.compare_args)
+                .cloned()
+                .collect();
+            let started = b.context("no binary for outpost-b").and_then(|b| {
+                eprintln!("== outpost-b ({} {})", b.display(), extra.join(" "));
+                report.outpost_b = Some(format!("{} {}", b.display(), extra.join(" ")));
+                start_outpost(
+                    &rt,
+                    args,
+                    &extra,
+                    &b,
+                    &tmp.path().join("phases-b"),
+                    plan.rows,
+                    &mut report,
+                )
+            });
+            match started {
+                Ok(p) => outpost_b = Some(p),
+                Err(e) => report.problems.push(format!("outpost-b: {e:#}")),
+            }
         }
     }
     let perf = match (&args.perf_record, &outpost) {
@@ -624,6 +669,12 @@ fn run(args: &Args) -> Result<Report> {
                     rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
                 add(Target::Outpost, &clock, stats);
             }
+            if let Some(p) = &outpost_b {
+                let clock = plan.clock();
+                let stats =
+                    rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
+                add(Target::OutpostB, &clock, stats);
+            }
         }
         for (t, stats, secs) in acc {
             report.results.push(summarize(t, w, c, secs, stats));
@@ -643,6 +694,9 @@ fn run(args: &Args) -> Result<Report> {
         report
             .rss
             .extend(rss_sample(p.pid(), "phases: after the phases", rows));
+        stop_outpost(p, &mut report);
+    }
+    if let Some(p) = outpost_b {
         stop_outpost(p, &mut report);
     }
     if let Some(b) = &bin {

@@ -19,6 +19,9 @@ pub enum Target {
     /// outpost serve, Hrana over HTTP.
     #[serde(rename = "outpost")]
     Outpost,
+    /// A second outpost for an A/B comparison (`--compare-bin`, `--compare-arg`).
+    #[serde(rename = "outpost-b")]
+    OutpostB,
 }
 
 impl Target {
@@ -27,6 +30,7 @@ impl Target {
             Target::InProc => "inproc",
             Target::Bare => "bare-http",
             Target::Outpost => "outpost",
+            Target::OutpostB => "outpost-b",
         }
     }
 }
@@ -87,6 +91,18 @@ pub struct Ratio {
     pub ops_vs_bare: Option<f64>,
 }
 
+/// outpost-b against outpost in the same phase (an A/B comparison).
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub workload: String,
+    pub concurrency: usize,
+    /// outpost-b p50 ÷ outpost p50.
+    pub p50_b_vs_a: Option<f64>,
+    pub p99_b_vs_a: Option<f64>,
+    /// outpost-b ops/s ÷ outpost ops/s.
+    pub ops_b_vs_a: Option<f64>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Goal {
     pub measure: String,
@@ -119,6 +135,9 @@ pub struct Report {
     pub outpost_startup_seconds: Option<f64>,
     pub results: Vec<PhaseResult>,
     pub ratios: Vec<Ratio>,
+    /// The second outpost of an A/B comparison: binary and extra arguments.
+    pub outpost_b: Option<String>,
+    pub comparisons: Vec<Comparison>,
     pub goals: Vec<Goal>,
     pub rss: Vec<RssSample>,
     pub bulk_load_rows_per_sec: Option<f64>,
@@ -223,6 +242,8 @@ impl Report {
             outpost_startup_seconds: None,
             results: Vec::new(),
             ratios: Vec::new(),
+            outpost_b: None,
+            comparisons: Vec::new(),
             goals: Vec::new(),
             rss: Vec::new(),
             bulk_load_rows_per_sec: None,
@@ -264,6 +285,19 @@ impl Report {
             });
         }
         self.ratios = ratios;
+        let mut comparisons = Vec::new();
+        for b in self.results.iter().filter(|r| r.target == Target::OutpostB) {
+            let a = self.find(Target::Outpost, &b.workload, b.concurrency);
+            let (bs, as_) = (&b.summary, a.map(|r| &r.summary));
+            comparisons.push(Comparison {
+                workload: b.workload.clone(),
+                concurrency: b.concurrency,
+                p50_b_vs_a: as_.and_then(|a| div(bs.p50_us, a.p50_us)),
+                p99_b_vs_a: as_.and_then(|a| div(bs.p99_us, a.p99_us)),
+                ops_b_vs_a: as_.and_then(|a| div(bs.ops_per_sec, a.ops_per_sec)),
+            });
+        }
+        self.comparisons = comparisons;
 
         let mut goals = Vec::new();
         for (w, c, metric) in GOALS {
@@ -371,7 +405,12 @@ impl Report {
             }
         }
         for (w, c) in &keys {
-            for t in [Target::InProc, Target::Bare, Target::Outpost] {
+            for t in [
+                Target::InProc,
+                Target::Bare,
+                Target::Outpost,
+                Target::OutpostB,
+            ] {
                 if let Some(r) = self.find(t, w, *c) {
                     let s = &r.summary;
                     let _ = writeln!(
@@ -430,6 +469,30 @@ impl Report {
                     f(r.p99_vs_inproc),
                     f(r.ops_vs_inproc),
                     f(r.ops_vs_bare)
+                );
+            }
+        }
+        if !self.comparisons.is_empty() {
+            let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
+            let _ = writeln!(
+                out,
+                "\nA/B: outpost-b = {}\n{:<10} {:>4}  {:>10} {:>10} {:>12}",
+                self.outpost_b.as_deref().unwrap_or("?"),
+                "workload",
+                "conc",
+                "p50 b÷a",
+                "p99 b÷a",
+                "ops/s b÷a"
+            );
+            for c in &self.comparisons {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:>4}  {:>10} {:>10} {:>12}",
+                    c.workload,
+                    c.concurrency,
+                    f(c.p50_b_vs_a),
+                    f(c.p99_b_vs_a),
+                    f(c.ops_b_vs_a)
                 );
             }
         }
