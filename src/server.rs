@@ -217,13 +217,9 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     reaper.abort();
     let _ = api_task.await;
     let _ = admin_task.await;
-    drop(state);
-    match Arc::try_unwrap(db) {
-        Ok(db) => db.shutdown(),
-        Err(_) => {
-            tracing::warn!("database still referenced at shutdown; skipping the final checkpoint")
-        }
-    }
+    // Dropping the HTTP streams drops their leases: open transactions roll back.
+    state.streams.clear();
+    db.shutdown();
     tracing::info!("stopped");
     Ok(())
 }

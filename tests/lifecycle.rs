@@ -54,12 +54,38 @@ fn sigterm_shuts_down_cleanly_and_keeps_data() {
     let mut server = Server::start();
     exec(&server, None, "CREATE TABLE t(x)");
     exec(&server, None, "INSERT INTO t VALUES (42)");
+    // A transaction left open must not hold up shutdown (it rolls back).
+    let body = serde_json::json!({"baton": null, "requests": [
+        {"type": "execute", "stmt": {"sql": "BEGIN IMMEDIATE"}},
+        {"type": "execute", "stmt": {"sql": "INSERT INTO t VALUES (-1)"}}
+    ]});
+    let (status, _) = common::post(
+        &format!("{}/v2/pipeline", server.api),
+        None,
+        &body.to_string(),
+    );
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited for the idle transaction"
+    );
+    // Every connection was closed: SQLite checkpointed and removed the WAL.
+    let wal = server.data_dir().join("outpost.db-wal");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(
+        wal_len, 0,
+        "the WAL was left behind: the database was not closed"
+    );
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
     let restarted = Server::start_in(dir, Options::default());
     let r = exec(&restarted, None, "SELECT x FROM t");
-    assert_eq!(r["response"]["result"]["rows"][0][0]["value"], "42");
+    assert_eq!(
+        r["response"]["result"]["rows"],
+        serde_json::json!([[{"type": "integer", "value": "42"}]])
+    );
 }
 
 #[test]

@@ -421,6 +421,12 @@ impl HttpStreams {
         }
     }
 
+    /// Drops every stream (at shutdown); their transactions roll back.
+    pub fn clear(&self) {
+        let dropped = std::mem::take(&mut *self.streams.lock());
+        self.metrics.streams_open.sub(dropped.len() as i64);
+    }
+
     pub fn len(&self) -> usize {
         self.streams.lock().len()
     }

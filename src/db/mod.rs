@@ -203,7 +203,8 @@ impl Database {
     }
 
     /// Stops the threads after the queued jobs ran; the writer checkpoints.
-    pub fn shutdown(self) {
+    /// Later jobs are refused (`SubmitError::Closed`). Idempotent.
+    pub fn shutdown(&self) {
         self.readers.shutdown();
         self.writer.shutdown();
     }

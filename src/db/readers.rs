@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 
 pub struct ReaderPool {
     queue: Arc<Dispatch<Job>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A pool thread: its connection, and what it needs to replace it.
@@ -89,7 +89,10 @@ impl ReaderPool {
                 .map_err(DbError::Thread)?;
             threads.push(thread);
         }
-        Ok(Self { queue, threads })
+        Ok(Self {
+            queue,
+            threads: parking_lot::Mutex::new(threads),
+        })
     }
 
     pub async fn submit(&self, item: WorkItem, ctx: ExecCtx) -> Result<JobReply, SubmitError> {
@@ -102,9 +105,10 @@ impl ReaderPool {
         self.queue.is_full()
     }
 
-    pub fn shutdown(self) {
+    /// Lets the readers finish the queued jobs and waits for them. Idempotent.
+    pub fn shutdown(&self) {
         self.queue.close();
-        for t in self.threads {
+        for t in std::mem::take(&mut *self.threads.lock()) {
             if t.join().is_err() {
                 tracing::error!("a reader thread panicked");
             }

@@ -38,7 +38,7 @@ struct WriterJob {
 
 pub struct WriterHandle {
     queue: Arc<Dispatch<WriterJob>>,
-    thread: JoinHandle<()>,
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl WriterHandle {
@@ -75,7 +75,10 @@ impl WriterHandle {
             .name("outpost-writer".into())
             .spawn(move || writer.run())
             .map_err(DbError::Thread)?;
-        Ok(Self { queue, thread })
+        Ok(Self {
+            queue,
+            thread: parking_lot::Mutex::new(Some(thread)),
+        })
     }
 
     pub async fn submit(
@@ -99,10 +102,14 @@ impl WriterHandle {
         self.queue.is_full()
     }
 
-    pub fn shutdown(self) {
+    /// Lets the writer finish the queued jobs, then waits for it to
+    /// roll back any open transaction, checkpoint and close. Idempotent.
+    pub fn shutdown(&self) {
         self.queue.close();
-        if self.thread.join().is_err() {
-            tracing::error!("the writer thread panicked");
+        if let Some(thread) = self.thread.lock().take() {
+            if thread.join().is_err() {
+                tracing::error!("the writer thread panicked");
+            }
         }
     }
 }
