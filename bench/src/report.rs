@@ -447,7 +447,11 @@ impl Report {
                 }
             }
         }
-        if !self.ratios.is_empty() {
+        if self
+            .ratios
+            .iter()
+            .any(|r| r.inproc_p50_us.is_some() || r.bare_p50_us.is_some())
+        {
             let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
             let _ = writeln!(
                 out,
