@@ -59,6 +59,17 @@ pub enum TxnState {
     StillOpen,
 }
 
+impl TxnState {
+    /// The state after a job sent through a lease: still open, or ended.
+    fn after_leased_job(open: bool) -> TxnState {
+        if open {
+            TxnState::StillOpen
+        } else {
+            TxnState::Closed
+        }
+    }
+}
+
 pub struct JobReply {
     pub output: Result<WorkOutput, ExecError>,
     pub txn: TxnState,

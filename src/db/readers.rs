@@ -215,11 +215,7 @@ impl ReadConn {
             // may refuse to take it over, and then the client must still be
             // able to read on and roll back, as in SQLite.
             let open = !self.conn.is_autocommit();
-            let txn = if open {
-                TxnState::StillOpen
-            } else {
-                TxnState::Closed
-            };
+            let txn = TxnState::after_leased_job(open);
             let _ = job.reply.send(JobReply { output, txn });
             if !open {
                 break;

@@ -309,11 +309,7 @@ impl Writer {
                         // read transaction starts after this commit.
                         self.committed();
                     }
-                    let txn = if open {
-                        TxnState::StillOpen
-                    } else {
-                        TxnState::Closed
-                    };
+                    let txn = TxnState::after_leased_job(open);
                     let _ = job.reply.send(JobReply { output, txn });
                     if !open {
                         return;
