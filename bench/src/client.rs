@@ -15,12 +15,15 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use crate::stats::{OpKind, WorkerStats};
-use crate::workload::{random_id, random_value, PhaseClock, Workload, INSERT_SQL, READ_SQL};
+use crate::workload::{
+    random_id, random_value, wide_col_is_text, wide_update_sql, PhaseClock, Workload, BATCH_SIZE,
+    INSERT_SQL, READ_SQL, UPDATE_SQL, WIDE_COLS,
+};
 
 pub const PIPELINE_PATH: &str = "/v2/pipeline";
 
@@ -140,11 +143,10 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The body `@libsql/client` sends for one `execute()` outside a transaction.
-pub fn execute_body(sql: &str, args: &[Arg<'_>]) -> String {
-    let mut out = String::with_capacity(160 + sql.len());
-    out.push_str(r#"{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"#);
-    push_json_str(&mut out, sql);
+/// A Hrana `stmt` object.
+fn push_stmt(out: &mut String, sql: &str, args: &[Arg<'_>], want_rows: bool) {
+    out.push_str(r#"{"sql":"#);
+    push_json_str(out, sql);
     out.push_str(r#","args":["#);
     for (i, a) in args.iter().enumerate() {
         if i > 0 {
@@ -156,12 +158,50 @@ pub fn execute_body(sql: &str, args: &[Arg<'_>]) -> String {
             }
             Arg::Text(s) => {
                 out.push_str(r#"{"type":"text","value":"#);
-                push_json_str(&mut out, s);
+                push_json_str(out, s);
                 out.push('}');
             }
         }
     }
-    out.push_str(r#"],"want_rows":true}},{"type":"close"}]}"#);
+    let _ = write!(out, r#"],"want_rows":{want_rows}}}"#);
+}
+
+/// The body `@libsql/client` sends for one `execute()` outside a transaction.
+pub fn execute_body(sql: &str, args: &[Arg<'_>]) -> String {
+    let mut out = String::with_capacity(160 + sql.len());
+    out.push_str(r#"{"baton":null,"requests":[{"type":"execute","stmt":"#);
+    push_stmt(&mut out, sql, args, true);
+    out.push_str(r#"},{"type":"close"}]}"#);
+    out
+}
+
+/// The body `@libsql/client` sends for `batch(stmts, "write")` over HTTP (Hrana 2 conditions):
+/// `BEGIN IMMEDIATE`, each statement if the previous step succeeded, `COMMIT` if the last one
+/// did, and `ROLLBACK` if the `COMMIT` did not succeed.
+pub fn batch_body(stmts: &[(&str, Vec<Arg<'_>>)]) -> String {
+    let mut out = String::with_capacity(200 + stmts.len() * 120);
+    out.push_str(r#"{"baton":null,"requests":[{"type":"batch","batch":{"steps":["#);
+    out.push_str(r#"{"stmt":"#);
+    push_stmt(&mut out, "BEGIN IMMEDIATE", &[], false);
+    out.push('}');
+    for (i, (sql, args)) in stmts.iter().enumerate() {
+        let _ = write!(out, r#",{{"condition":{{"type":"ok","step":{i}}},"stmt":"#);
+        push_stmt(&mut out, sql, args, true);
+        out.push('}');
+    }
+    let commit = stmts.len() + 1;
+    let _ = write!(
+        out,
+        r#",{{"condition":{{"type":"ok","step":{}}},"stmt":"#,
+        stmts.len()
+    );
+    push_stmt(&mut out, "COMMIT", &[], false);
+    let _ = write!(
+        out,
+        r#"}},{{"condition":{{"type":"not","cond":{{"type":"ok","step":{commit}}}}},"stmt":"#
+    );
+    push_stmt(&mut out, "ROLLBACK", &[], false);
+    out.push_str(r#"}]}},{"type":"close"}]}"#);
     out
 }
 
@@ -192,6 +232,9 @@ enum StreamResponse {
     Execute {
         result: ExecResult,
     },
+    Batch {
+        result: BatchResult,
+    },
     #[serde(other)]
     Other,
 }
@@ -204,19 +247,24 @@ pub struct ExecResult {
     pub affected_row_count: u64,
 }
 
-fn parse_pipeline(status: StatusCode, body: &[u8]) -> Result<ExecResult> {
+#[derive(Deserialize)]
+struct BatchResult {
+    step_results: Vec<Option<ExecResult>>,
+    step_errors: Vec<Option<HranaError>>,
+}
+
+/// The `execute` and `batch` results of a pipeline response, in order; an error if the HTTP
+/// status is not 2xx or any request failed.
+fn parse_responses(status: StatusCode, body: &[u8]) -> Result<Vec<StreamResponse>> {
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
         bail!("HTTP {status}: {text}");
     }
     let resp: PipelineResp = serde_json::from_slice(body).context("bad pipeline response")?;
-    let mut exec = None;
+    let mut out = Vec::new();
     for r in resp.results {
         match r {
-            StreamResult::Ok {
-                response: StreamResponse::Execute { result },
-            } => exec = Some(result),
-            StreamResult::Ok { .. } => {}
+            StreamResult::Ok { response } => out.push(response),
             StreamResult::Error { error } => {
                 bail!(
                     "hrana error {}: {}",
@@ -226,7 +274,63 @@ fn parse_pipeline(status: StatusCode, body: &[u8]) -> Result<ExecResult> {
             }
         }
     }
-    exec.context("no execute result in pipeline response")
+    Ok(out)
+}
+
+fn parse_pipeline(status: StatusCode, body: &[u8]) -> Result<ExecResult> {
+    parse_responses(status, body)?
+        .into_iter()
+        .filter_map(|r| match r {
+            StreamResponse::Execute { result } => Some(result),
+            _ => None,
+        })
+        .next_back()
+        .context("no execute result in pipeline response")
+}
+
+/// Check the answer to a [`batch_body`] of `n` single-row writes: BEGIN, every write (one
+/// affected row each) and COMMIT succeeded, and the ROLLBACK step was skipped.
+fn check_batch(status: StatusCode, body: &[u8], n: usize) -> Result<()> {
+    let batch = parse_responses(status, body)?
+        .into_iter()
+        .find_map(|r| match r {
+            StreamResponse::Batch { result } => Some(result),
+            _ => None,
+        })
+        .context("no batch result in pipeline response")?;
+    let steps = n + 3;
+    anyhow::ensure!(
+        batch.step_results.len() == steps && batch.step_errors.len() == steps,
+        "batch answered {} results and {} errors for {steps} steps",
+        batch.step_results.len(),
+        batch.step_errors.len()
+    );
+    if let Some((i, e)) = batch
+        .step_errors
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| e.as_ref().map(|e| (i, e)))
+    {
+        bail!(
+            "batch step {i} failed: {} {}",
+            e.code.as_deref().unwrap_or("-"),
+            e.message
+        );
+    }
+    for (i, r) in batch.step_results[..=n + 1].iter().enumerate() {
+        match r {
+            None => bail!("batch step {i} did not run"),
+            Some(r) if (1..=n).contains(&i) && r.affected_row_count != 1 => {
+                bail!("batch step {i} affected {} rows", r.affected_row_count)
+            }
+            Some(_) => {}
+        }
+    }
+    anyhow::ensure!(
+        batch.step_results[n + 2].is_none(),
+        "the ROLLBACK step ran: COMMIT failed"
+    );
+    Ok(())
 }
 
 // --- load phase ---------------------------------------------------------------------------
@@ -264,6 +368,81 @@ pub async fn run_phase(
     Ok(total)
 }
 
+/// What a reply must show for the operation to count as a success.
+#[derive(Clone, Copy, Debug)]
+pub enum Check {
+    /// An `execute` that returned exactly one row.
+    OneRow,
+    /// An `execute` that affected exactly one row.
+    OneAffected,
+    /// A [`batch_body`] of this many single-row writes, all applied and committed.
+    Batch(usize),
+}
+
+/// The request body of one operation (built before the clock starts) and its check.
+pub fn op_body(workload: Workload, kind: OpKind, rows: u64, rng: &mut StdRng) -> (String, Check) {
+    match (workload, kind) {
+        (_, OpKind::Read) => (
+            execute_body(READ_SQL, &[Arg::Int(random_id(rng, rows) as i64)]),
+            Check::OneRow,
+        ),
+        (Workload::Batch, _) => {
+            let values: Vec<String> = (0..BATCH_SIZE).map(|_| random_value(rng)).collect();
+            let stmts: Vec<(&str, Vec<Arg<'_>>)> = values
+                .iter()
+                .map(|v| (INSERT_SQL, vec![Arg::Text(v)]))
+                .collect();
+            (batch_body(&stmts), Check::Batch(BATCH_SIZE))
+        }
+        (Workload::WideUpdate { rows: wide_rows }, _) => {
+            let col = rng.gen_range(1..=WIDE_COLS);
+            let id = Arg::Int(random_id(rng, wide_rows) as i64);
+            let body = if wide_col_is_text(col) {
+                execute_body(&wide_update_sql(col), &[Arg::Text(&random_value(rng)), id])
+            } else {
+                let v = rng.gen_range(0..1_000_000_000i64);
+                execute_body(&wide_update_sql(col), &[Arg::Int(v), id])
+            };
+            (body, Check::OneAffected)
+        }
+        (Workload::Update, _) => (
+            execute_body(
+                UPDATE_SQL,
+                &[
+                    Arg::Text(&random_value(rng)),
+                    Arg::Int(random_id(rng, rows) as i64),
+                ],
+            ),
+            Check::OneAffected,
+        ),
+        (Workload::Read | Workload::Insert | Workload::Mix { .. }, OpKind::Write) => (
+            execute_body(INSERT_SQL, &[Arg::Text(&random_value(rng))]),
+            Check::OneAffected,
+        ),
+    }
+}
+
+/// Check one reply: HTTP 2xx, no Hrana error, and what `check` asks for.
+pub fn check_op(check: Check, status: StatusCode, body: &[u8]) -> Result<()> {
+    match check {
+        Check::Batch(n) => check_batch(status, body, n),
+        Check::OneRow => {
+            let r = parse_pipeline(status, body)?;
+            anyhow::ensure!(r.rows.len() == 1, "read returned {} rows", r.rows.len());
+            Ok(())
+        }
+        Check::OneAffected => {
+            let r = parse_pipeline(status, body)?;
+            anyhow::ensure!(
+                r.affected_row_count == 1,
+                "write affected {} rows",
+                r.affected_row_count
+            );
+            Ok(())
+        }
+    }
+}
+
 async fn worker(
     mut conn: Conn,
     workload: Workload,
@@ -274,25 +453,13 @@ async fn worker(
     let mut rng = StdRng::from_entropy();
     while let Some(measured) = clock.next() {
         let kind = workload.pick(&mut rng);
-        let body = match kind {
-            OpKind::Read => execute_body(READ_SQL, &[Arg::Int(random_id(&mut rng, rows) as i64)]),
-            OpKind::Write => execute_body(INSERT_SQL, &[Arg::Text(&random_value(&mut rng))]),
-        };
+        let (body, check) = op_body(workload, kind, rows, &mut rng);
         let t0 = Instant::now();
         let res = conn
             .request(Method::POST, PIPELINE_PATH, Bytes::from(body))
             .await;
         let done = Instant::now();
-        let res = res.and_then(|(status, body)| {
-            let r = parse_pipeline(status, &body)?;
-            match kind {
-                OpKind::Read if r.rows.len() != 1 => bail!("read returned {} rows", r.rows.len()),
-                OpKind::Write if r.affected_row_count != 1 => {
-                    bail!("insert affected {} rows", r.affected_row_count)
-                }
-                _ => Ok(()),
-            }
-        });
+        let res = res.and_then(|(status, body)| check_op(check, status, &body));
         let failed_transport = res.is_err() && conn.sender.is_none();
         if measured {
             match res {
@@ -322,6 +489,52 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&b).unwrap();
         assert_eq!(v["requests"][0]["stmt"]["sql"], "SELECT \"x\"");
         assert_eq!(v["requests"][0]["stmt"]["args"][0]["value"], "a\"b");
+    }
+
+    #[test]
+    fn batch_body_is_what_libsql_client_sends() {
+        let b = batch_body(&[
+            (INSERT_SQL, vec![Arg::Text("a")]),
+            (INSERT_SQL, vec![Arg::Text("b")]),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        let steps = v["requests"][0]["batch"]["steps"].as_array().unwrap();
+        assert_eq!(v["requests"][0]["type"], "batch");
+        assert_eq!(v["requests"][1]["type"], "close");
+        assert_eq!(steps.len(), 5);
+        assert_eq!(steps[0]["stmt"]["sql"], "BEGIN IMMEDIATE");
+        assert!(steps[0].get("condition").is_none());
+        assert_eq!(
+            steps[1]["condition"],
+            serde_json::json!({"type": "ok", "step": 0})
+        );
+        assert_eq!(steps[2]["stmt"]["args"][0]["value"], "b");
+        assert_eq!(steps[2]["condition"]["step"], 1);
+        assert_eq!(steps[3]["stmt"]["sql"], "COMMIT");
+        assert_eq!(steps[3]["condition"]["step"], 2);
+        assert_eq!(steps[4]["stmt"]["sql"], "ROLLBACK");
+        assert_eq!(
+            steps[4]["condition"],
+            serde_json::json!({"type": "not", "cond": {"type": "ok", "step": 3}})
+        );
+    }
+
+    #[test]
+    fn checks_batch_results() {
+        let res = |affected: &str, rollback: &str, err: &str| {
+            format!(
+                r#"{{"baton":null,"base_url":null,"results":[{{"type":"ok","response":{{"type":"batch","result":{{"step_results":[{{"cols":[],"rows":[],"affected_row_count":0}},{{"cols":[],"rows":[],"affected_row_count":1}},{{"cols":[],"rows":[],"affected_row_count":{affected}}},{{"cols":[],"rows":[],"affected_row_count":0}},{rollback}],"step_errors":[null,null,{err},null,null]}}}}}},{{"type":"ok","response":{{"type":"close"}}}}]}}"#
+            )
+        };
+        check_batch(StatusCode::OK, res("1", "null", "null").as_bytes(), 2).unwrap();
+        let e = check_batch(StatusCode::OK, res("0", "null", "null").as_bytes(), 2);
+        assert!(e.unwrap_err().to_string().contains("affected 0"));
+        let rolled_back = r#"{"cols":[],"rows":[],"affected_row_count":0}"#;
+        assert!(check_batch(StatusCode::OK, res("1", rolled_back, "null").as_bytes(), 2).is_err());
+        let failed = r#"{"message":"UNIQUE constraint failed","code":"SQLITE_CONSTRAINT"}"#;
+        let e = check_batch(StatusCode::OK, res("1", "null", failed).as_bytes(), 2);
+        assert!(e.unwrap_err().to_string().contains("step 2 failed"));
+        assert!(check_batch(StatusCode::OK, res("1", "null", "null").as_bytes(), 3).is_err());
     }
 
     #[test]

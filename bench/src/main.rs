@@ -4,6 +4,7 @@
 
 mod bare;
 mod client;
+mod crdt;
 mod inproc;
 mod report;
 mod server;
@@ -23,6 +24,20 @@ use crate::report::{PhaseResult, Report, RssSample, Target};
 use crate::stats::{fmt_rate, Summary, WorkerStats};
 use crate::workload::{PhaseClock, Workload, CREATE_SQL};
 
+/// The workloads `--workloads` knows ("none" selects none: memory or soak only).
+const WORKLOADS: &[&str] = &[
+    "read",
+    "insert",
+    "mix",
+    "batch100",
+    "wide-update",
+    "hot-row",
+    "none",
+];
+
+/// The environment variable (and value) that turns CRDT capture off: `[crdt] replicate = []`.
+pub const CAPTURE_OFF_ENV: (&str, &str) = ("OUTPOST_CRDT_REPLICATE", "[]");
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "outpost-bench",
@@ -33,7 +48,9 @@ pub struct Args {
     /// else the debug build next to it].
     #[arg(long)]
     outpost_bin: Option<PathBuf>,
-    /// CI mode: ~1.5 s per phase, concurrency 1 (mix at 16), no 100k-row RSS load.
+    /// CI mode: ~1.5 s per phase, concurrency 1 (mix at 16), tiny tables (1,000 wide rows,
+    /// 2,000 hot-row updates, a 2,000-row memory run) and, unless another A/B is asked for,
+    /// the capture A/B (--capture-ab).
     #[arg(long)]
     quick: bool,
     /// Measured seconds per phase [default: 10, quick: 1.5].
@@ -65,12 +82,37 @@ pub struct Args {
     /// Shorthand for --rss-rows 1000000.
     #[arg(long)]
     rss_1m: bool,
+    /// In the memory run, after the reads at each table size, update this many random rows
+    /// (16 clients) and sample RSS again; 0 skips [default: 100000, quick: 1000].
+    #[arg(long)]
+    rss_updates: Option<u64>,
+    /// Seconds of random reads after each load of the memory run [default: 3, quick: 0.5].
+    #[arg(long)]
+    rss_read_seconds: Option<f64>,
+    /// Rows loaded into the wide table `w` (integer key + 20 columns) for `wide-update`
+    /// [default: 10000, quick: 1000].
+    #[arg(long)]
+    wide_rows: Option<u64>,
+    /// Updates of the one row of `hot` in the `hot-row` run, per instance
+    /// [default: 100000, quick: 2000].
+    #[arg(long)]
+    hot_row_updates: Option<u64>,
+    /// The hot-row run compares the latency of the first and the last this many updates
+    /// (at most half the run).
+    #[arg(long, default_value_t = 1000)]
+    hot_row_window: usize,
     /// Run the 90/10 mix at 16 clients on outpost for this long after everything else,
     /// sampling RSS every 10 s (the "flat memory" check; the issue asks for 600).
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
-    /// Which workloads to run (comma-separated): read, insert, mix.
-    #[arg(long, value_delimiter = ',', default_value = "read,insert,mix")]
+    /// Which workloads to run (comma-separated): read, insert, mix, batch100 (100 inserts in
+    /// one Hrana batch), wide-update (one column of a random row of a 20-column table),
+    /// hot-row (one row updated --hot-row-updates times, on fresh instances), or none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "read,insert,mix,batch100,wide-update,hot-row"
+    )]
     workloads: Vec<String>,
     /// Which targets to run (comma-separated): inproc, bare, outpost.
     #[arg(long, value_delimiter = ',', default_value = "inproc,bare,outpost")]
@@ -84,14 +126,25 @@ pub struct Args {
     /// Extra argument passed to `outpost serve` (repeatable).
     #[arg(long = "outpost-arg", allow_hyphen_values = true)]
     outpost_args: Vec<String>,
+    /// Environment variable KEY=VALUE for every outpost this run starts (repeatable).
+    #[arg(long = "outpost-env", value_parser = server::parse_env_pair)]
+    outpost_env: Vec<(String, String)>,
     /// A/B comparison: also run every phase on a second outpost ("outpost-b") started from this
     /// binary (default: the same one) ...
     #[arg(long)]
     compare_bin: Option<PathBuf>,
-    /// ... with these extra `serve` arguments (repeatable), e.g. a flag that turns CRDT capture
-    /// off. Either option turns the comparison on.
+    /// ... with these extra `serve` arguments (repeatable) ...
     #[arg(long = "compare-arg", allow_hyphen_values = true)]
     compare_args: Vec<String>,
+    /// ... and these extra environment variables KEY=VALUE (repeatable), e.g.
+    /// OUTPOST_CRDT_REPLICATE=[] for capture off. Any of the three turns the comparison on;
+    /// the hot-row run then also runs on a second instance started the same way.
+    #[arg(long = "compare-env", value_parser = server::parse_env_pair)]
+    compare_env: Vec<(String, String)>,
+    /// Capture A/B: outpost-b is the same binary with OUTPOST_CRDT_REPLICATE=[] (capture off);
+    /// reports on ÷ off per write workload against the goal "capture costs at most 2x".
+    #[arg(long)]
+    capture_ab: bool,
     /// actix-web workers of the bare HTTP baseline (0 = actix's default, as outpost).
     #[arg(long, default_value_t = 0)]
     bare_workers: usize,
@@ -126,6 +179,13 @@ pub struct Plan {
     pub mix_concurrency: Vec<usize>,
     pub rows: u64,
     pub rss_rows: u64,
+    pub rss_updates: u64,
+    pub rss_read_seconds: f64,
+    pub wide_rows: u64,
+    pub hot_row_updates: u64,
+    pub hot_row_window: usize,
+    /// outpost-b runs with capture off (OUTPOST_CRDT_REPLICATE=[]).
+    pub capture_ab: bool,
     pub soak_seconds: u64,
     pub client_threads: usize,
     pub bare_workers: usize,
@@ -153,8 +213,29 @@ impl Plan {
             rss_rows: if a.rss_1m {
                 1_000_000
             } else {
-                a.rss_rows.unwrap_or(if a.quick { 0 } else { 100_000 })
+                a.rss_rows.unwrap_or(if a.quick { 2_000 } else { 100_000 })
             },
+            rss_updates: a
+                .rss_updates
+                .unwrap_or(if a.quick { 1_000 } else { 100_000 }),
+            rss_read_seconds: a
+                .rss_read_seconds
+                .unwrap_or(if a.quick { 0.5 } else { 3.0 })
+                .max(0.0),
+            wide_rows: a
+                .wide_rows
+                .unwrap_or(if a.quick { 1_000 } else { 10_000 })
+                .max(1),
+            hot_row_updates: a
+                .hot_row_updates
+                .unwrap_or(if a.quick { 2_000 } else { 100_000 })
+                .max(2),
+            hot_row_window: a.hot_row_window.max(1),
+            capture_ab: a.capture_ab
+                || (a.quick
+                    && a.compare_bin.is_none()
+                    && a.compare_args.is_empty()
+                    && a.compare_env.is_empty()),
             soak_seconds: a.soak_seconds,
             client_threads: a.client_threads.max(1),
             bare_workers: a.bare_workers,
@@ -185,7 +266,26 @@ impl Plan {
                 v.push((Workload::Mix { read_pct: 90 }, c.max(1)));
             }
         }
+        if want("batch100") {
+            for &c in &self.concurrency {
+                v.push((Workload::Batch, c.max(1)));
+            }
+        }
+        if want("wide-update") {
+            for &c in &self.concurrency {
+                v.push((
+                    Workload::WideUpdate {
+                        rows: self.wide_rows,
+                    },
+                    c.max(1),
+                ));
+            }
+        }
         v
+    }
+
+    fn want(&self, workload: &str) -> bool {
+        self.workloads.iter().any(|x| x == workload)
     }
 
     /// The clock of one round: `seconds / rounds` measured after `warmup / rounds`
@@ -311,6 +411,7 @@ fn rss_sample(pid: u32, label: &str, rows: Option<u64>) -> Option<RssSample> {
             Some(RssSample {
                 label: label.to_string(),
                 rows,
+                updates: None,
                 rss_kib: rss,
                 hwm_kib: hwm,
             })
@@ -360,22 +461,86 @@ fn resolve_bin(args: &Args) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Start a fresh outpost in `dir`, check `/health`, create the table and load `rows` rows.
+/// How to start one outpost: binary, extra `serve` arguments, extra environment.
+#[derive(Clone, Debug)]
+struct Spec {
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Spec {
+    fn describe(&self) -> String {
+        let mut s: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        s.push(self.bin.display().to_string());
+        s.extend(self.args.iter().cloned());
+        s.join(" ")
+    }
+}
+
+/// The instance "A" (`outpost`) of a run.
+fn spec_a(args: &Args, bin: &Path) -> Spec {
+    Spec {
+        bin: bin.to_path_buf(),
+        args: args.outpost_args.clone(),
+        env: args.outpost_env.clone(),
+    }
+}
+
+/// The instance "B" (`outpost-b`) of an A/B comparison, if one is asked for.
+fn spec_b(args: &Args, plan: &Plan, bin: &Path) -> Option<Spec> {
+    if args.compare_bin.is_none()
+        && args.compare_args.is_empty()
+        && args.compare_env.is_empty()
+        && !plan.capture_ab
+    {
+        return None;
+    }
+    let mut env = args.outpost_env.clone();
+    env.extend(args.compare_env.iter().cloned());
+    if plan.capture_ab {
+        env.push((CAPTURE_OFF_ENV.0.into(), CAPTURE_OFF_ENV.1.into()));
+    }
+    Some(Spec {
+        bin: args
+            .compare_bin
+            .clone()
+            .unwrap_or_else(|| bin.to_path_buf()),
+        args: args
+            .outpost_args
+            .iter()
+            .chain(&args.compare_args)
+            .cloned()
+            .collect(),
+        env,
+    })
+}
+
+/// Tables loaded into a fresh outpost before it is used.
+#[derive(Clone, Copy, Default)]
+struct Load {
+    /// Rows of `t`.
+    rows: u64,
+    /// Rows of the wide table `w` (0: no table).
+    wide_rows: u64,
+}
+
+/// Start a fresh outpost in `dir`, check `/health`, create `t` and load the tables.
 fn start_outpost(
     rt: &tokio::runtime::Runtime,
     args: &Args,
-    extra_args: &[String],
-    bin: &Path,
+    spec: &Spec,
     dir: &Path,
-    rows: u64,
+    load: Load,
     report: &mut Report,
 ) -> Result<server::Outpost> {
     std::fs::create_dir_all(dir)?;
     let t0 = Instant::now();
     let proc = server::Outpost::start(
-        bin,
+        &spec.bin,
         dir,
-        extra_args,
+        &spec.args,
+        &spec.env,
         Duration::from_secs(args.start_timeout),
     )?;
     let started = t0.elapsed().as_secs_f64();
@@ -397,12 +562,27 @@ fn start_outpost(
         conn.pipeline(execute_body(CREATE_SQL, &[]))
             .await
             .context("create table over Hrana")?;
-        if rows > 0 {
+        if load.rows > 0 {
             let t = Instant::now();
-            load_rows_http(&mut conn, rows)
+            load_rows_http(&mut conn, load.rows)
                 .await
                 .context("load rows over Hrana")?;
-            eprintln!("  loaded {rows} rows in {:.2}s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "  loaded {} rows in {:.2}s",
+                load.rows,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        if load.wide_rows > 0 {
+            let t = Instant::now();
+            crdt::load_wide_http(&mut conn, load.wide_rows)
+                .await
+                .context("load the wide table over Hrana")?;
+            eprintln!(
+                "  loaded {} rows into the wide table w in {:.2}s",
+                load.wide_rows,
+                t.elapsed().as_secs_f64()
+            );
         }
         Ok(())
     });
@@ -416,6 +596,31 @@ fn start_outpost(
     }
 }
 
+/// SIGTERM outpost and record how it went, then read what CRDT capture stored in its
+/// database (`hot_table`: also that table's doc size).
+fn stop_and_inspect(
+    proc: server::Outpost,
+    report: &mut Report,
+    hot_table: Option<&str>,
+) -> crdt::CaptureStats {
+    let data_dir = proc.data_dir.clone();
+    let instance = instance_name(&proc);
+    stop_outpost(proc, report);
+    let stats = crdt::inspect(&server::db_path(&data_dir), &instance, hot_table);
+    eprintln!("  capture in {instance:?}: {}", stats.describe());
+    report.capture.push(stats.clone());
+    stats
+}
+
+/// The name of an instance: its directory under the run's temp dir ("phases", "memory", ...).
+fn instance_name(proc: &server::Outpost) -> String {
+    proc.data_dir
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// SIGTERM outpost and record how it went.
 fn stop_outpost(mut proc: server::Outpost, report: &mut Report) {
     if let Some(exit) = proc.exited() {
@@ -425,12 +630,7 @@ fn stop_outpost(mut proc: server::Outpost, report: &mut Report) {
         ));
     }
     report.outpost_data_bytes.push(report::DataDir {
-        instance: proc
-            .data_dir
-            .parent()
-            .and_then(|d| d.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        instance: instance_name(&proc),
         bytes: server::dir_size(&proc.data_dir),
     });
     let shutdown = proc.stop(Duration::from_secs(15));
@@ -444,13 +644,14 @@ fn stop_outpost(mut proc: server::Outpost, report: &mut Report) {
 }
 
 /// Memory against table size, on a fresh outpost: load to each checkpoint (10k, 100k, 1M
-/// up to `rss_rows`), sample RSS, read across the table for a few seconds, sample again.
-/// Then the optional soak (90/10 mix at 16 clients, RSS every 10 s).
+/// up to `rss_rows`), sample RSS, read across the table for a few seconds, sample again,
+/// update `rss_updates` random rows, sample again. Then the optional soak (90/10 mix at 16
+/// clients, RSS every 10 s).
 fn run_rss(
     rt: &tokio::runtime::Runtime,
     args: &Args,
     plan: &Plan,
-    bin: &Path,
+    spec: &Spec,
     tmp: &Path,
     report: &mut Report,
 ) -> Result<()> {
@@ -461,15 +662,7 @@ fn run_rss(
         .filter(|&n| n < target)
         .collect();
     checkpoints.push(target);
-    let proc = start_outpost(
-        rt,
-        args,
-        &args.outpost_args,
-        bin,
-        &tmp.join("memory"),
-        0,
-        report,
-    )?;
+    let proc = start_outpost(rt, args, spec, &tmp.join("memory"), Load::default(), report)?;
     let (api, pid) = (proc.api, proc.pid());
     let result = rt.block_on(async {
         let mut conn = Conn::new(api);
@@ -483,17 +676,51 @@ fn run_rss(
             report
                 .rss
                 .extend(rss_sample(pid, &format!("memory: loaded {n}"), Some(n)));
-            let clock = Arc::new(PhaseClock::new(
-                Duration::ZERO,
-                Duration::from_secs(3),
-                plan.max_ops,
-            ));
-            client::run_phase(api, Workload::Read, 16, n, clock).await?;
-            report.rss.extend(rss_sample(
-                pid,
-                &format!("memory: {n} + 3 s of reads"),
-                Some(n),
-            ));
+            if plan.rss_read_seconds > 0.0 {
+                let clock = Arc::new(PhaseClock::new(
+                    Duration::ZERO,
+                    Duration::from_secs_f64(plan.rss_read_seconds),
+                    plan.max_ops,
+                ));
+                client::run_phase(api, Workload::Read, 16, n, clock).await?;
+                report.rss.extend(rss_sample(
+                    pid,
+                    &format!("memory: {n} + {} s of reads", plan.rss_read_seconds),
+                    Some(n),
+                ));
+            }
+            if plan.rss_updates > 0 {
+                let u = plan.rss_updates;
+                // Bounded by the count, not the clock (an hour is a generous cap).
+                let clock = Arc::new(PhaseClock::new(
+                    Duration::ZERO,
+                    Duration::from_secs(3600),
+                    u,
+                ));
+                let t = Instant::now();
+                let s = client::run_phase(api, Workload::Update, 16, n, clock).await?;
+                let secs = t.elapsed().as_secs_f64();
+                eprintln!(
+                    "  {} random updates of {n} rows in {secs:.2}s ({} ops/s), errors {}",
+                    s.ok,
+                    fmt_rate(s.ok as f64 / secs.max(1e-9)),
+                    s.errors
+                );
+                if s.ok == 0 || s.errors * 100 > s.ok + s.errors {
+                    report.problems.push(format!(
+                        "memory: updates of {n} rows: {} ok, {} failed (first error: {})",
+                        s.ok,
+                        s.errors,
+                        s.first_error.as_deref().unwrap_or("-")
+                    ));
+                }
+                if let Some(mut sample) =
+                    rss_sample(pid, &format!("memory: {n} + {u} updates"), Some(n))
+                {
+                    sample.updates = Some(s.ok);
+                    report.rss.push(sample);
+                }
+            }
         }
         report.bulk_load_rows_per_sec = Some(have as f64 / load_secs);
         eprintln!(
@@ -539,12 +766,83 @@ fn run_rss(
         }
         Ok::<_, anyhow::Error>(())
     });
-    stop_outpost(proc, report);
+    stop_and_inspect(proc, report, None);
     result
+}
+
+/// The hot-row run: on a fresh instance per spec, one row of `hot` updated
+/// `plan.hot_row_updates` times (the instances interleaved), then its doc size from the file.
+fn run_hot_row(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    plan: &Plan,
+    specs: &[(&str, &Spec)],
+    tmp: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    eprintln!(
+        "== hot row: one row updated {} times per instance, 1 client",
+        plan.hot_row_updates
+    );
+    let mut procs = Vec::new();
+    let mut started = Ok(());
+    for (name, spec) in specs {
+        eprintln!("  {name}: {}", spec.describe());
+        match start_outpost(rt, args, spec, &tmp.join(name), Load::default(), report) {
+            Ok(p) => procs.push((name.to_string(), p)),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let instances: Vec<(String, std::net::SocketAddr)> =
+        procs.iter().map(|(n, p)| (n.clone(), p.api)).collect();
+    let result = started.and_then(|()| {
+        rt.block_on(async {
+            for (_, api) in &instances {
+                crdt::setup_hot(*api).await?;
+            }
+            crdt::run_hot_row(&instances, plan.hot_row_updates, plan.hot_row_window).await
+        })
+    });
+    let mut runs = match result {
+        Ok(runs) => runs,
+        Err(e) => {
+            for (_, p) in procs {
+                stop_outpost(p, report);
+            }
+            return Err(e);
+        }
+    };
+    for ((_, p), run) in procs.into_iter().zip(&mut runs) {
+        run.capture = Some(stop_and_inspect(p, report, Some("hot")));
+        eprintln!(
+            "  {:<9} {} updates in {:.1}s ({} ops/s), errors {}; first {}: {}; last: {}; doc {}",
+            run.instance,
+            run.updates,
+            run.seconds,
+            fmt_rate(run.ops_per_sec),
+            run.errors,
+            run.first.as_ref().map_or(0, |w| w.updates),
+            run.first.as_ref().map_or("-".into(), |w| w.describe()),
+            run.last.as_ref().map_or("-".into(), |w| w.describe()),
+            run.doc_size()
+        );
+    }
+    report.hot_row.extend(runs);
+    Ok(())
 }
 
 fn run(args: &Args) -> Result<Report> {
     let plan = Plan::from_args(args);
+    if let Some(w) = plan
+        .workloads
+        .iter()
+        .find(|w| !WORKLOADS.contains(&w.as_str()))
+    {
+        anyhow::bail!("unknown workload {w:?} (known: {})", WORKLOADS.join(", "));
+    }
     let mut report = Report::new(&plan);
     if plan.bench_build == "debug" {
         eprintln!("warning: outpost-bench is a debug build; baselines are not meaningful");
@@ -565,67 +863,58 @@ fn run(args: &Args) -> Result<Report> {
             .enable_all()
             .build()?
     };
+    let phases = plan.phases();
+    let load = Load {
+        rows: plan.rows,
+        wide_rows: if plan.want("wide-update") {
+            plan.wide_rows
+        } else {
+            0
+        },
+    };
 
-    // Set every target up first, then run each phase on the three targets back to back, so
+    // Set every target up first, then run each phase on the targets back to back, so
     // that the numbers a ratio compares were measured close together in time.
-    let inproc = if want("inproc") {
+    let baselines = phases.iter().any(|(w, _)| w.has_baselines());
+    let inproc = if want("inproc") && baselines {
         Some(inproc::InProc::create(tmp.path(), plan.rows)?)
     } else {
         None
     };
-    let bare = if want("bare") {
+    let bare = if want("bare") && baselines {
         Some(bare::BareServer::start(plan.bare_workers)?)
     } else {
         None
     };
-    let mut bin = None;
+    let mut specs: Option<(Spec, Option<Spec>)> = None;
     let mut outpost = None;
     let mut outpost_b = None;
     if want("outpost") {
-        let started = resolve_bin(args).and_then(|b| {
-            report.outpost_bin = Some(b.display().to_string());
-            eprintln!("== outpost ({})", b.display());
-            bin = Some(b.clone());
-            if plan.phases().is_empty() {
-                return Ok(None);
+        match resolve_bin(args) {
+            Ok(b) => {
+                report.outpost_bin = Some(b.display().to_string());
+                specs = Some((spec_a(args, &b), spec_b(args, &plan, &b)));
             }
-            start_outpost(
-                &rt,
-                args,
-                &args.outpost_args,
-                &b,
-                &tmp.path().join("phases"),
-                plan.rows,
-                &mut report,
-            )
-            .map(Some)
-        });
-        match started {
-            Ok(p) => outpost = p,
             Err(e) => report.problems.push(format!("outpost: {e:#}")),
         }
-        if outpost.is_some() && (args.compare_bin.is_some() || !args.compare_args.is_empty()) {
-            let b = args.compare_bin.clone().or_else(|| bin.clone());
-            let extra: Vec<String> = args
-                .outpost_args
-                .iter()
-                .chain(&args.compare_args)
-                .cloned()
-                .collect();
-            let started = b.context("no binary for outpost-b").and_then(|b| {
-                eprintln!("== outpost-b ({} {})", b.display(), extra.join(" "));
-                report.outpost_b = Some(format!("{} {}", b.display(), extra.join(" ")));
-                start_outpost(
-                    &rt,
-                    args,
-                    &extra,
-                    &b,
-                    &tmp.path().join("phases-b"),
-                    plan.rows,
-                    &mut report,
-                )
-            });
-            match started {
+    }
+    if let (Some((a, b)), false) = (&specs, phases.is_empty()) {
+        eprintln!("== outpost ({})", a.describe());
+        match start_outpost(&rt, args, a, &tmp.path().join("phases"), load, &mut report) {
+            Ok(p) => outpost = Some(p),
+            Err(e) => report.problems.push(format!("outpost: {e:#}")),
+        }
+        if let (Some(b), Some(_)) = (b, &outpost) {
+            eprintln!("== outpost-b ({})", b.describe());
+            report.outpost_b = Some(b.describe());
+            match start_outpost(
+                &rt,
+                args,
+                b,
+                &tmp.path().join("phases-b"),
+                load,
+                &mut report,
+            ) {
                 Ok(p) => outpost_b = Some(p),
                 Err(e) => report.problems.push(format!("outpost-b: {e:#}")),
             }
@@ -636,11 +925,13 @@ fn run(args: &Args) -> Result<Report> {
         _ => None,
     };
 
-    eprintln!("== phases: inproc = libSQL in-process (WAL, synchronous=FULL), bare-http = actix-web fixed JSON");
+    if !phases.is_empty() {
+        eprintln!("== phases: inproc = libSQL in-process (WAL, synchronous=FULL), bare-http = actix-web fixed JSON");
+    }
     // Each phase is split into `rounds` rounds, each running the targets back to back
     // (A B C A B C ...), and each target's rounds are merged: a burst of noise from the rest
     // of the machine then lands on all targets alike.
-    for (w, c) in plan.phases() {
+    for (w, c) in phases {
         let mut acc: Vec<(Target, WorkerStats, f64)> = Vec::new();
         for _ in 0..plan.rounds {
             let mut add = |t: Target, clock: &PhaseClock, stats: WorkerStats| {
@@ -653,11 +944,11 @@ fn run(args: &Args) -> Result<Report> {
                     None => acc.push((t, stats, secs)),
                 }
             };
-            if let Some(db) = &inproc {
+            if let (Some(db), true) = (&inproc, w.has_baselines()) {
                 let clock = plan.clock();
                 add(Target::InProc, &clock, db.run(w, c, clock.clone())?);
             }
-            if let Some(srv) = &bare {
+            if let (Some(srv), true) = (&bare, w.has_baselines()) {
                 let clock = plan.clock();
                 let stats =
                     rt.block_on(client::run_phase(srv.addr, w, c, plan.rows, clock.clone()))?;
@@ -694,14 +985,21 @@ fn run(args: &Args) -> Result<Report> {
         report
             .rss
             .extend(rss_sample(p.pid(), "phases: after the phases", rows));
-        stop_outpost(p, &mut report);
+        stop_and_inspect(p, &mut report, None);
     }
     if let Some(p) = outpost_b {
-        stop_outpost(p, &mut report);
+        stop_and_inspect(p, &mut report, None);
     }
-    if let Some(b) = &bin {
+    if let Some((a, b)) = &specs {
+        if plan.want("hot-row") {
+            let mut hot = vec![("hot", a)];
+            hot.extend(b.as_ref().map(|b| ("hot-b", b)));
+            if let Err(e) = run_hot_row(&rt, args, &plan, &hot, tmp.path(), &mut report) {
+                report.problems.push(format!("hot-row run: {e:#}"));
+            }
+        }
         if plan.rss_rows > 0 || plan.soak_seconds > 0 {
-            if let Err(e) = run_rss(&rt, args, &plan, b, tmp.path(), &mut report) {
+            if let Err(e) = run_rss(&rt, args, &plan, a, tmp.path(), &mut report) {
                 report.problems.push(format!("outpost memory run: {e:#}"));
             }
         }

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::crdt::{CaptureStats, HotRow};
 use crate::server::Shutdown;
 use crate::stats::{fmt_rate, fmt_us, Summary};
 use crate::Plan;
@@ -64,6 +65,9 @@ impl PhaseResult {
 pub struct RssSample {
     pub label: String,
     pub rows: Option<u64>,
+    /// Random row updates done (at this table size) before the sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updates: Option<u64>,
     pub rss_kib: u64,
     pub hwm_kib: u64,
 }
@@ -96,6 +100,17 @@ pub struct Ratio {
 pub struct Comparison {
     pub workload: String,
     pub concurrency: usize,
+    pub a_p50_us: Option<f64>,
+    pub a_p99_us: Option<f64>,
+    pub a_ops_per_sec: Option<f64>,
+    pub b_p50_us: f64,
+    pub b_p99_us: f64,
+    pub b_ops_per_sec: f64,
+    /// outpost p50 ÷ outpost-b p50 (with --capture-ab: capture on ÷ off).
+    pub p50_a_vs_b: Option<f64>,
+    pub p99_a_vs_b: Option<f64>,
+    /// outpost ops/s ÷ outpost-b ops/s.
+    pub ops_a_vs_b: Option<f64>,
     /// outpost-b p50 ÷ outpost p50.
     pub p50_b_vs_a: Option<f64>,
     pub p99_b_vs_a: Option<f64>,
@@ -139,6 +154,10 @@ pub struct Report {
     pub outpost_b: Option<String>,
     pub comparisons: Vec<Comparison>,
     pub goals: Vec<Goal>,
+    /// What CRDT capture stored in each instance's database (read after it stopped).
+    pub capture: Vec<CaptureStats>,
+    /// The hot-row run, per instance.
+    pub hot_row: Vec<HotRow>,
     pub rss: Vec<RssSample>,
     pub bulk_load_rows_per_sec: Option<f64>,
     /// Size of each outpost instance's data directory when it stopped.
@@ -213,6 +232,15 @@ enum Metric {
     RatioAtMost(f64),
 }
 
+/// "Capture costs at most 2x" (issue 4), for these workloads of a capture A/B.
+const CAPTURE_COST_MAX: f64 = 2.0;
+const CAPTURE_WORKLOADS: &[&str] = &["insert", "batch100", "wide-update"];
+/// RSS with capture at 1M rows after 100k updates (issue 4).
+const RSS_MAX_MIB: f64 = 200.0;
+/// "Flat vs 100k rows": the growth from 100k to 1M rows may fill the page caches of the
+/// default config (4 readers + 1 writer, 16 MiB `cache_size` each), nothing more.
+const RSS_FLAT_MAX_MIB: f64 = 80.0;
+
 const GOALS: &[(&str, usize, Metric)] = &[
     ("read", 1, Metric::P50AtMost(100.0)),
     ("read", 16, Metric::OpsAtLeast(20_000.0)),
@@ -245,6 +273,8 @@ impl Report {
             outpost_b: None,
             comparisons: Vec::new(),
             goals: Vec::new(),
+            capture: Vec::new(),
+            hot_row: Vec::new(),
             rss: Vec::new(),
             bulk_load_rows_per_sec: None,
             outpost_data_bytes: Vec::new(),
@@ -292,6 +322,15 @@ impl Report {
             comparisons.push(Comparison {
                 workload: b.workload.clone(),
                 concurrency: b.concurrency,
+                a_p50_us: as_.map(|a| a.p50_us),
+                a_p99_us: as_.map(|a| a.p99_us),
+                a_ops_per_sec: as_.map(|a| a.ops_per_sec),
+                b_p50_us: bs.p50_us,
+                b_p99_us: bs.p99_us,
+                b_ops_per_sec: bs.ops_per_sec,
+                p50_a_vs_b: as_.and_then(|a| div(a.p50_us, bs.p50_us)),
+                p99_a_vs_b: as_.and_then(|a| div(a.p99_us, bs.p99_us)),
+                ops_a_vs_b: as_.and_then(|a| div(a.ops_per_sec, bs.ops_per_sec)),
                 p50_b_vs_a: as_.and_then(|a| div(bs.p50_us, a.p50_us)),
                 p99_b_vs_a: as_.and_then(|a| div(bs.p99_us, a.p99_us)),
                 ops_b_vs_a: as_.and_then(|a| div(bs.ops_per_sec, a.ops_per_sec)),
@@ -342,7 +381,32 @@ impl Report {
                 met: measured.map(|m| m.1),
             });
         }
+        goals.extend(self.capture_goals());
+        goals.extend(self.memory_goals());
         self.goals = goals;
+
+        for h in &self.hot_row {
+            let what = format!("hot-row on {}", h.instance);
+            if h.failed() {
+                self.problems.push(format!(
+                    "{what}: {} of {} updates failed (first error: {})",
+                    h.errors,
+                    h.attempted,
+                    h.first_error.as_deref().unwrap_or("-")
+                ));
+            }
+            match h.final_n {
+                // Failed requests may or may not have been applied.
+                Some(n) if n >= 0 && (n as u64) >= h.updates && (n as u64) <= h.attempted => {}
+                Some(n) => self.problems.push(format!(
+                    "{what}: the row's counter is {n} after {} successful of {} updates",
+                    h.updates, h.attempted
+                )),
+                None => self
+                    .problems
+                    .push(format!("{what}: could not read the row back")),
+            }
+        }
 
         for r in &self.results {
             let s = &r.summary;
@@ -363,6 +427,116 @@ impl Report {
                 ));
             }
         }
+    }
+
+    fn capture_stats(&self, instance: &str) -> Option<&CaptureStats> {
+        self.capture.iter().find(|c| c.instance == instance)
+    }
+
+    /// "CRDT capture costs at most 2x": per write workload of a capture A/B, p50 on ÷ off and
+    /// ops/s off ÷ on, both ≤ 2. Not measured unless A captured and B did not.
+    fn capture_goals(&self) -> Vec<Goal> {
+        let goal = format!("≤ {CAPTURE_COST_MAX:.1}x");
+        let cmp: Vec<&Comparison> = self
+            .comparisons
+            .iter()
+            .filter(|c| CAPTURE_WORKLOADS.contains(&c.workload.as_str()))
+            .collect();
+        if !self.plan.capture_ab || cmp.is_empty() {
+            return vec![Goal {
+                measure: "CRDT capture cost (write workloads, same run)".into(),
+                goal,
+                measured: Some(if self.plan.capture_ab {
+                    "no write workload ran".into()
+                } else {
+                    "no capture A/B (--capture-ab)".into()
+                }),
+                met: None,
+            }];
+        }
+        let invalid = match (self.capture_stats("phases"), self.capture_stats("phases-b")) {
+            (Some(a), Some(b)) if a.active() && !b.active() => None,
+            (Some(a), Some(_)) if !a.active() => Some("n/a: A captured nothing".into()),
+            (Some(_), Some(_)) => Some("n/a: B captured too".to_string()),
+            _ => Some("n/a: capture state unknown".into()),
+        };
+        cmp.into_iter()
+            .map(|c| {
+                let measure = format!(
+                    "capture cost, {} c={}: p50 on÷off, ops/s off÷on",
+                    c.workload, c.concurrency
+                );
+                let (measured, met) = match (&invalid, c.p50_a_vs_b, c.ops_a_vs_b) {
+                    (Some(why), _, _) => (Some(why.clone()), None),
+                    (None, Some(p50), Some(ops)) if ops > 0.0 => {
+                        let slow = 1.0 / ops;
+                        (
+                            Some(format!("{p50:.2}x, {slow:.2}x")),
+                            Some(p50 <= CAPTURE_COST_MAX && slow <= CAPTURE_COST_MAX),
+                        )
+                    }
+                    _ => (None, None),
+                };
+                Goal {
+                    measure,
+                    goal: goal.clone(),
+                    measured,
+                    met,
+                }
+            })
+            .collect()
+    }
+
+    /// Memory with capture: RSS at 1M rows after the updates ≤ 200 MiB, and flat against
+    /// 100k rows (growth within the page caches of the default config).
+    fn memory_goals(&self) -> Vec<Goal> {
+        let after_updates = |rows: u64| {
+            self.rss.iter().find(|s| {
+                s.rows == Some(rows) && s.updates.is_some() && s.label.starts_with("memory")
+            })
+        };
+        let at_1m = after_updates(1_000_000);
+        let at_100k = after_updates(100_000);
+        let capture_off = match self.capture_stats("memory") {
+            Some(c) if c.active() => None,
+            Some(c) => Some(format!("capture {}", c.describe())),
+            None => None,
+        };
+        let n_updates = |s: &RssSample| s.updates.unwrap_or(0);
+        let mut goals = Vec::new();
+        goals.push(Goal {
+            measure: format!(
+                "RSS, 1M rows + {} random updates (capture on)",
+                at_1m.map_or(self.plan.rss_updates, n_updates)
+            ),
+            goal: format!("≤ {RSS_MAX_MIB:.0} MiB"),
+            measured: at_1m.map(|s| {
+                let v = format!("{:.1} MiB", s.rss_kib as f64 / 1024.0);
+                match &capture_off {
+                    Some(why) => format!("n/a: {v} but {why}"),
+                    None => v,
+                }
+            }),
+            met: at_1m
+                .filter(|_| capture_off.is_none())
+                .map(|s| s.rss_kib as f64 / 1024.0 <= RSS_MAX_MIB),
+        });
+        let both = at_1m.zip(at_100k);
+        goals.push(Goal {
+            measure: "RSS flat from 100k to 1M rows (after the updates): growth".into(),
+            goal: format!("≤ {RSS_FLAT_MAX_MIB:.0} MiB (caches)"),
+            measured: both.map(|(m, k)| {
+                let v = format!("{:+.1} MiB", (m.rss_kib as f64 - k.rss_kib as f64) / 1024.0);
+                match &capture_off {
+                    Some(why) => format!("n/a: {v} but {why}"),
+                    None => v,
+                }
+            }),
+            met: both
+                .filter(|_| capture_off.is_none())
+                .map(|(m, k)| (m.rss_kib as f64 - k.rss_kib as f64) / 1024.0 <= RSS_FLAT_MAX_MIB),
+        });
+        goals
     }
 
     pub fn render_text(&self) -> String {
@@ -394,7 +568,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n{:<10} {:>4}  {:<9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "\n{:<12} {:>4}  {:<9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
             "workload", "conc", "target", "ops/s", "p50", "p90", "p99", "p99.9", "errors"
         );
         let mut keys: Vec<(String, usize)> = Vec::new();
@@ -415,7 +589,7 @@ impl Report {
                     let s = &r.summary;
                     let _ = writeln!(
                         out,
-                        "{:<10} {:>4}  {:<9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
+                        "{:<12} {:>4}  {:<9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
                         w,
                         c,
                         t.name(),
@@ -478,38 +652,124 @@ impl Report {
         }
         if !self.comparisons.is_empty() {
             let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
+            let us = |x: Option<f64>| x.map_or("-".to_string(), fmt_us);
+            let rate = |x: Option<f64>| x.map_or("-".to_string(), fmt_rate);
+            let what = if self.plan.capture_ab {
+                " (A = capture on, B = capture off)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "\nA/B: outpost-b = {}\n{:<10} {:>4}  {:>10} {:>10} {:>12}",
+                "\nA/B{what}: A = outpost, B = outpost-b = {}\n{:<12} {:>4}  {:>9} {:>9} {:>8}  {:>9} {:>9} {:>8}  {:>10} {:>10} {:>8}",
                 self.outpost_b.as_deref().unwrap_or("?"),
                 "workload",
                 "conc",
-                "p50 b÷a",
-                "p99 b÷a",
-                "ops/s b÷a"
+                "A p50",
+                "B p50",
+                "p50 a÷b",
+                "A p99",
+                "B p99",
+                "p99 a÷b",
+                "A ops/s",
+                "B ops/s",
+                "ops a÷b"
             );
+            if self.plan.capture_ab {
+                let state = |i: &str| {
+                    self.capture_stats(i)
+                        .map_or("unknown".to_string(), |c| c.describe())
+                };
+                let (a, b) = (state("phases"), state("phases-b"));
+                let _ = writeln!(out, "capture in A: {a}\ncapture in B: {b}");
+                match (self.capture_stats("phases"), self.capture_stats("phases-b")) {
+                    (Some(a), _) if !a.active() => {
+                        let _ = writeln!(
+                            out,
+                            "note: A captured nothing (a binary without capture?): A and B ran the same code"
+                        );
+                    }
+                    (_, Some(b)) if b.active() => {
+                        let _ = writeln!(
+                            out,
+                            "note: B captured too: OUTPOST_CRDT_REPLICATE=[] did not turn capture off"
+                        );
+                    }
+                    _ => {}
+                }
+            }
             for c in &self.comparisons {
                 let _ = writeln!(
                     out,
-                    "{:<10} {:>4}  {:>10} {:>10} {:>12}",
+                    "{:<12} {:>4}  {:>9} {:>9} {:>8}  {:>9} {:>9} {:>8}  {:>10} {:>10} {:>8}",
                     c.workload,
                     c.concurrency,
-                    f(c.p50_b_vs_a),
-                    f(c.p99_b_vs_a),
-                    f(c.ops_b_vs_a)
+                    us(c.a_p50_us),
+                    us(Some(c.b_p50_us)),
+                    f(c.p50_a_vs_b),
+                    us(c.a_p99_us),
+                    us(Some(c.b_p99_us)),
+                    f(c.p99_a_vs_b),
+                    rate(c.a_ops_per_sec),
+                    rate(Some(c.b_ops_per_sec)),
+                    f(c.ops_a_vs_b)
                 );
             }
         }
-        let _ = writeln!(out, "\ngoals (DESIGN.md performance targets)");
+        if !self.hot_row.is_empty() {
+            let w = self
+                .hot_row
+                .iter()
+                .filter_map(|h| h.first.as_ref().map(|w| w.updates))
+                .max()
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "\nhot row: one row of `hot` updated {} times per instance, 1 client; latency of the first / last {w} updates",
+                self.plan.hot_row_updates
+            );
+            let win = |x: &Option<crate::crdt::Window>| {
+                x.as_ref().map_or("-".to_string(), |w| w.describe())
+            };
+            for h in &self.hot_row {
+                let _ = writeln!(
+                    out,
+                    "  {:<6} {} updates, {} ops/s, errors {}\n         first: {}\n         last:  {}   (p50 last÷first {})\n         doc of the row: {}; _outpost_log: {}",
+                    h.instance,
+                    h.updates,
+                    fmt_rate(h.ops_per_sec),
+                    h.errors,
+                    win(&h.first),
+                    win(&h.last),
+                    h.last_vs_first_p50
+                        .map_or("-".to_string(), |x| format!("{x:.2}x")),
+                    h.doc_size(),
+                    h.log_size()
+                );
+            }
+        }
+        if !self.capture.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nCRDT capture, read from each instance's outpost.db after it stopped"
+            );
+            for c in &self.capture {
+                let _ = writeln!(out, "  {:<9} {}", c.instance, c.describe());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\ngoals (DESIGN.md performance targets; issue 4 for capture and memory)"
+        );
         for g in &self.goals {
             let verdict = match g.met {
                 Some(true) => "met",
-                Some(false) => "NOT met",
+                Some(false) => "not met",
                 None => "not measured",
             };
             let _ = writeln!(
                 out,
-                "  {:<66} goal {:<16} measured {:<16} {}",
+                "  {:<66} goal {:<18} measured {:<22} {}",
                 g.measure,
                 g.goal,
                 g.measured.as_deref().unwrap_or("-"),
@@ -521,7 +781,7 @@ impl Report {
             for s in &self.rss {
                 let _ = writeln!(
                     out,
-                    "  {:<32} rows {:>9}  VmRSS {:>8.1} MiB  VmHWM {:>8.1} MiB",
+                    "  {:<36} rows {:>9}  VmRSS {:>8.1} MiB  VmHWM {:>8.1} MiB",
                     s.label,
                     s.rows.map_or("?".into(), |r| r.to_string()),
                     s.rss_kib as f64 / 1024.0,
@@ -564,7 +824,8 @@ impl Report {
         // One check per phase that ran, plus one failed check per other problem (outpost did
         // not start, did not stop cleanly, ...), in the plain form CI logs understand.
         let failed_phases = self.results.iter().filter(|r| r.failed()).count();
-        let passed = self.results.len() - failed_phases;
+        let passed = self.results.len() - failed_phases
+            + self.hot_row.iter().filter(|h| !h.failed()).count();
         let failed = self.problems.len();
         let _ = writeln!(out, "\nbench: {passed} passed, {failed} failed");
         out

@@ -71,8 +71,15 @@ pub fn tail(path: &Path, max: u64) -> String {
 }
 
 impl Outpost {
-    /// Start `bin serve` with a fresh data directory inside `dir`, and wait for READY.
-    pub fn start(bin: &Path, dir: &Path, extra_args: &[String], timeout: Duration) -> Result<Self> {
+    /// Start `bin serve` with a fresh data directory inside `dir` and `env` added to its
+    /// environment, and wait for READY.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        extra_args: &[String],
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Self> {
         let data_dir = dir.join("outpost-data");
         let log_path = dir.join("outpost.log");
         let log = File::create(&log_path)?;
@@ -82,6 +89,7 @@ impl Outpost {
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(extra_args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -200,6 +208,19 @@ pub fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The database file of an outpost data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("outpost.db")
+}
+
+/// Parse `KEY=VALUE` (for `--compare-env`, `--outpost-env`).
+pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
 /// Resident set size of a process: (VmRSS, VmHWM) in KiB, from /proc/PID/status.
 pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -230,5 +251,16 @@ mod tests {
         assert_eq!(admin.port(), 4322);
         assert!(parse_ready("READY api=http://10.0.0.1:1 admin=http://127.0.0.1:2").is_err());
         assert!(parse_ready("hello").is_err());
+    }
+
+    #[test]
+    fn env_pair() {
+        assert_eq!(
+            parse_env_pair("OUTPOST_CRDT_REPLICATE=[]").unwrap(),
+            ("OUTPOST_CRDT_REPLICATE".into(), "[]".into())
+        );
+        assert_eq!(parse_env_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env_pair("nope").is_err());
+        assert!(parse_env_pair("=x").is_err());
     }
 }
