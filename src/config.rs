@@ -32,6 +32,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub db: DbConfig,
     pub limits: Limits,
+    pub crdt: CrdtConfig,
     pub log: LogConfig,
 }
 
@@ -90,6 +91,58 @@ pub struct DbConfig {
     /// How long a connection waits on a lock held by another program.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+}
+
+/// Change capture: which tables become CRDT updates, and its bounds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrdtConfig {
+    /// Tables whose changes are captured and replicated. `["*"]`: every
+    /// table with a primary key (tables without one stay local, with a
+    /// warning). A list names tables that must have a primary key. `[]`
+    /// turns capture off.
+    pub replicate: Vec<String>,
+    /// Row documents kept decoded-ready in memory (encoded bytes), at most.
+    pub doc_cache_bytes: usize,
+    /// A row document larger than this drops the slots of other nodes that
+    /// no longer win any column, at its next local write.
+    pub compact_doc_bytes: usize,
+    /// How often changes made to the file by other programs are encoded.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Most remote updates applied in one transaction.
+    pub max_apply_batch: usize,
+    /// Largest accepted remote update, bytes.
+    pub max_update_bytes: usize,
+}
+
+impl Default for CrdtConfig {
+    fn default() -> Self {
+        Self {
+            replicate: vec!["*".into()],
+            doc_cache_bytes: 16 * 1024 * 1024,
+            compact_doc_bytes: 16 * 1024,
+            sweep_interval: Duration::from_secs(1),
+            max_apply_batch: 1000,
+            max_update_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl CrdtConfig {
+    pub fn enabled(&self) -> bool {
+        !self.replicate.is_empty()
+    }
+
+    /// Whether `table` is listed (or covered by `*`).
+    pub fn covers(&self, table: &str) -> bool {
+        self.replicate.iter().any(|t| t == "*" || t == table)
+    }
+
+    /// Whether `table` is named explicitly (so it must have a primary key).
+    pub fn names(&self, table: &str) -> bool {
+        self.replicate.iter().any(|t| t == table)
+    }
 }
 
 /// Every bound the server enforces. Each has a test at the bound.
@@ -260,6 +313,9 @@ impl Config {
             ),
             ("limits.writer_queue", self.limits.writer_queue),
             ("limits.reader_queue", self.limits.reader_queue),
+            ("crdt.compact_doc_bytes", self.crdt.compact_doc_bytes),
+            ("crdt.max_apply_batch", self.crdt.max_apply_batch),
+            ("crdt.max_update_bytes", self.crdt.max_update_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -268,6 +324,17 @@ impl Config {
         }
         if self.limits.query_timeout.is_zero() {
             return invalid("limits.query_timeout must be greater than 0".into());
+        }
+        if self.crdt.sweep_interval.is_zero() {
+            return invalid("crdt.sweep_interval must be greater than 0".into());
+        }
+        if self
+            .crdt
+            .replicate
+            .iter()
+            .any(|t| t.starts_with("_outpost_") || t.is_empty())
+        {
+            return invalid("crdt.replicate must name user tables (or \"*\")".into());
         }
         if self.limits.stream_idle_timeout.is_zero() {
             return invalid("limits.stream_idle_timeout must be greater than 0".into());
@@ -308,7 +375,9 @@ fn apply_env_overrides(
     tree: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    const SECTIONS: [&str; 7] = ["node", "api", "admin", "auth", "db", "limits", "log"];
+    const SECTIONS: [&str; 8] = [
+        "node", "api", "admin", "auth", "db", "limits", "crdt", "log",
+    ];
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("OUTPOST_") else {
             continue;

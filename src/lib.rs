@@ -15,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod crdt;
 pub mod db;
 pub mod error;
 pub mod metrics;

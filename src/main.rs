@@ -95,10 +95,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Verify the database and change log (not yet available).
+    /// Verify that every replicated row matches its CRDT document, that the
+    /// change log covers every document and that seq is dense per origin.
+    /// Exits 1 with a report when something is wrong.
     Check {
         #[command(flatten)]
         common: Common,
+        /// Also print a digest of the replicated data (equal on converged nodes).
         #[arg(long)]
         digest: bool,
     },
@@ -192,6 +195,11 @@ fn main() -> Result<()> {
                     println!("TLS certificate already exists in {}", dir.display());
                 }
             }
+            let node_id = outpost::db::conn::create_node_identity(&config.db_path(), &config.db)?;
+            println!(
+                "node id {node_id} (database {})",
+                config.db_path().display()
+            );
             println!(
                 "mint a client token with: outpost token --data-dir {}",
                 config.node.data_dir.display()
@@ -225,7 +233,10 @@ fn main() -> Result<()> {
         }
         Command::Dev { .. } => not_yet("dev", 5),
         Command::Migrate { .. } => not_yet("migrate", 10),
-        Command::Check { .. } => not_yet("check", 4),
+        Command::Check { common, digest } => {
+            let config = load_config(&common)?;
+            run_check(&config, digest)
+        }
         Command::Backup { .. } => not_yet("backup", 7),
         Command::Restore { .. } => not_yet("restore", 7),
     }
@@ -302,4 +313,38 @@ fn status(base: &str) -> Result<()> {
         println!("{k:<16} {v}");
     }
     Ok(())
+}
+
+/// `outpost check`: prints the report; exit status 1 when it found problems.
+fn run_check(config: &Config, digest: bool) -> Result<()> {
+    let report = outpost::db::check::check(&config.db_path(), digest)?;
+    println!(
+        "checked {} replicated tables ({}): {} rows, {} documents, {} log entries",
+        report.tables.len(),
+        report.tables.join(", "),
+        report.rows,
+        report.documents,
+        report.log_entries
+    );
+    for (origin, seq) in &report.origins {
+        println!("origin {origin}: seq 1..={seq}");
+    }
+    if let Some(digest) = &report.digest {
+        println!("digest {digest}");
+    }
+    if report.is_clean() {
+        println!("ok");
+        return Ok(());
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    if report.more_problems > 0 {
+        println!("... and {} more problems", report.more_problems);
+    }
+    println!(
+        "FAILED: {} problems",
+        report.problems.len() + report.more_problems
+    );
+    std::process::exit(1);
 }

@@ -22,6 +22,12 @@ pub struct Metrics {
     pub db_size_bytes: IntGauge,
     pub stream_expired_total: IntCounter,
     pub rejected_total: IntCounterVec,
+    pub log_entries_total: IntCounterVec,
+    pub log_bytes: IntGauge,
+    pub capture_duration_seconds: Histogram,
+    pub doc_cache_hits_total: IntCounter,
+    pub doc_cache_misses_total: IntCounter,
+    pub tables_replicated: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -101,6 +107,42 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            log_entries_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_log_entries_total",
+                    "Entries appended to the change log: source=local (captured writes) or remote (applied).",
+                ),
+                &["source"],
+            )
+            .expect("valid metric"),
+            log_bytes: IntGauge::new(
+                "outpost_log_bytes",
+                "Bytes of CRDT updates held in the change log.",
+            )
+            .expect("valid metric"),
+            capture_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "outpost_capture_duration_seconds",
+                    "Time to encode a transaction's changed rows as CRDT updates, before its COMMIT.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            doc_cache_hits_total: IntCounter::new(
+                "outpost_doc_cache_hits_total",
+                "Row documents found in the row-document cache.",
+            )
+            .expect("valid metric"),
+            doc_cache_misses_total: IntCounter::new(
+                "outpost_doc_cache_misses_total",
+                "Row documents read from _outpost_rows because the cache did not hold them.",
+            )
+            .expect("valid metric"),
+            tables_replicated: IntGauge::new(
+                "outpost_tables_replicated",
+                "Tables whose changes are captured for replication.",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -120,6 +162,12 @@ impl Metrics {
             Box::new(self.db_size_bytes.clone()),
             Box::new(self.stream_expired_total.clone()),
             Box::new(self.rejected_total.clone()),
+            Box::new(self.log_entries_total.clone()),
+            Box::new(self.log_bytes.clone()),
+            Box::new(self.capture_duration_seconds.clone()),
+            Box::new(self.doc_cache_hits_total.clone()),
+            Box::new(self.doc_cache_misses_total.clone()),
+            Box::new(self.tables_replicated.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

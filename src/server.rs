@@ -207,6 +207,10 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     let api_task = actix_web::rt::spawn(api);
     let admin_task = actix_web::rt::spawn(admin);
     let reaper = actix_web::rt::spawn(expire_streams(state.clone()));
+    let sweeper = actix_web::rt::spawn(sweep_foreign_changes(
+        Arc::clone(&db),
+        config.crdt.sweep_interval,
+    ));
     tracing::info!(api = %bound.api, admin = %bound.admin, tls = bound.tls, db = %config.db_path().display(), "outpost is serving");
     on_ready(&bound);
 
@@ -215,6 +219,7 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     api_handle.stop(true).await;
     admin_handle.stop(true).await;
     reaper.abort();
+    sweeper.abort();
     let _ = api_task.await;
     let _ = admin_task.await;
     // Dropping the HTTP streams drops their leases: open transactions roll back.
@@ -229,6 +234,25 @@ async fn expire_streams(state: web::Data<AppState>) {
     loop {
         tick.tick().await;
         state.streams.expire_idle();
+    }
+}
+
+/// Encodes rows that other programs (the sqlite3 CLI, a batch job)
+/// changed in the file: their writes fire the capture triggers too, but
+/// only outpost's writer turns them into log entries.
+async fn sweep_foreign_changes(db: Arc<Database>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match db.sweep().await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "encoded rows changed by another program"),
+            Err(e) if e.code == "SHUTTING_DOWN" => return,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "sweeping changes made by other programs failed")
+            }
+        }
     }
 }
 

@@ -88,6 +88,40 @@ pub fn route(kinds: impl IntoIterator<Item = StmtKind>) -> Route {
     }
 }
 
+/// Where a statement stands for change capture (see `db::capture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapturePoint {
+    /// COMMIT, END, RELEASE: encode pending changes before it runs.
+    Commit,
+    /// ROLLBACK (TO): documents written before it may be undone.
+    Rollback,
+    /// BEGIN, SAVEPOINT: nothing to do.
+    Begin,
+    /// VACUUM, PRAGMA: cannot run inside a transaction, change no rows.
+    Unwrappable,
+    /// Anything else: in autocommit mode it gets a transaction of its own,
+    /// so that its changes are encoded before they commit.
+    Statement,
+}
+
+impl CapturePoint {
+    pub fn of(sql: &str) -> CapturePoint {
+        let word = first_keyword(sql);
+        let is = |k: &str| word.eq_ignore_ascii_case(k);
+        if is("COMMIT") || is("END") || is("RELEASE") {
+            CapturePoint::Commit
+        } else if is("ROLLBACK") {
+            CapturePoint::Rollback
+        } else if is("BEGIN") || is("SAVEPOINT") {
+            CapturePoint::Begin
+        } else if is("VACUUM") || is("PRAGMA") {
+            CapturePoint::Unwrappable
+        } else {
+            CapturePoint::Statement
+        }
+    }
+}
+
 /// The first word of `sql`, skipping whitespace and `--`/`/* */` comments.
 pub fn first_keyword(sql: &str) -> &str {
     next_keyword(sql).0
@@ -136,6 +170,21 @@ mod tests {
         assert_eq!(StmtKind::of("END"), TxnControl);
         assert_eq!(StmtKind::of("vacuum"), WriteSolo);
         assert_eq!(StmtKind::of("nonsense"), Write);
+    }
+
+    #[test]
+    fn capture_points() {
+        use CapturePoint::*;
+        assert_eq!(CapturePoint::of("commit"), Commit);
+        assert_eq!(CapturePoint::of("END TRANSACTION"), Commit);
+        assert_eq!(CapturePoint::of("release sp"), Commit);
+        assert_eq!(CapturePoint::of("ROLLBACK TO sp"), Rollback);
+        assert_eq!(CapturePoint::of("savepoint a"), Begin);
+        assert_eq!(CapturePoint::of("pragma foreign_keys = off"), Unwrappable);
+        assert_eq!(
+            CapturePoint::of("/* c */ insert into t values (1)"),
+            Statement
+        );
     }
 
     #[test]

@@ -227,6 +227,26 @@ pub fn init_meta(conn: &Connection, guard: &Guard) -> Result<(), libsql_sys::rus
     })
 }
 
+/// Creates the database (if needed) and its node id; returns the id.
+/// `outpost init` calls it so that the identity exists before first start.
+pub fn create_node_identity(
+    path: &Path,
+    cfg: &DbConfig,
+) -> Result<String, libsql_sys::rusqlite::Error> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let (conn, guard) = open(path, Role::Writer, cfg)?;
+    init_meta(&conn, &guard)?;
+    guard.internal(|| {
+        conn.query_row(
+            "SELECT value FROM _outpost_meta WHERE key = 'node_id'",
+            [],
+            |r| r.get(0),
+        )
+    })
+}
+
 /// Opens a connection to the database file with outpost's settings.
 pub fn open(
     path: &Path,

@@ -12,6 +12,8 @@ use libsql_hrana::proto::{
 use libsql_sys::rusqlite::types::{ToSqlOutput, ValueRef};
 use libsql_sys::rusqlite::{self, Connection, Statement};
 
+use super::capture::Capture;
+use super::classify::CapturePoint;
 use super::conn::{Guard, Role};
 use crate::auth::Access;
 use crate::error::SqlError;
@@ -67,6 +69,8 @@ pub struct Session<'a> {
     /// point of view it is in autocommit mode (its jobs hold no
     /// transaction statements), whatever the shared connection says.
     pub grouped: bool,
+    /// The writer's change capture (None on readers, or when it is off).
+    pub capture: Option<&'a Capture>,
 }
 
 impl Session<'_> {
@@ -183,6 +187,19 @@ impl Session<'_> {
         let mut prepared = self.prepare(sql)?;
         self.check_allowed(&prepared, ctx)?;
         bind_args(&mut prepared, stmt)?;
+        let readonly = prepared.readonly();
+        self.captured(sql, readonly, || {
+            self.run_prepared(prepared, stmt.want_rows.unwrap_or(true), ctx, started)
+        })
+    }
+
+    fn run_prepared(
+        &self,
+        mut prepared: rusqlite::CachedStatement<'_>,
+        want_rows: bool,
+        ctx: &ExecCtx,
+        started: Instant,
+    ) -> Result<StmtResult, ExecError> {
         let cols: Vec<Col> = prepared
             .columns()
             .iter()
@@ -191,7 +208,6 @@ impl Session<'_> {
                 decltype: c.decl_type().map(str::to_string),
             })
             .collect();
-        let want_rows = stmt.want_rows.unwrap_or(true);
         let readonly = prepared.readonly();
         let total_before = total_changes(self.conn);
         let rows = collect_rows(&mut prepared, cols.len(), want_rows, ctx)?;
@@ -213,6 +229,76 @@ impl Session<'_> {
             replication_index: None,
             query_duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
+    }
+
+    /// Runs one statement with change capture around it, on the writer:
+    /// pending changes are encoded before a COMMIT/RELEASE, and a write in
+    /// autocommit mode runs in a transaction of its own so that its changes
+    /// are encoded before it commits (invisible to the client: it still
+    /// reports autocommit). See `db::capture`.
+    fn captured<T>(
+        &self,
+        sql: &str,
+        readonly: bool,
+        run: impl FnOnce() -> Result<T, ExecError>,
+    ) -> Result<T, ExecError> {
+        let Some(capture) = self.capture.filter(|_| !self.grouped) else {
+            return run();
+        };
+        let open = !self.conn.is_autocommit();
+        let output = match CapturePoint::of(sql) {
+            CapturePoint::Commit if open => {
+                self.guard
+                    .internal(|| capture.flush(self.conn))
+                    .map_err(SqlError::from)?;
+                run()
+            }
+            CapturePoint::Rollback if open => {
+                let output = run();
+                if !self.conn.is_autocommit() {
+                    capture.savepoint_rolled_back();
+                }
+                output
+            }
+            CapturePoint::Statement if !open && !readonly => {
+                return self.in_own_transaction(capture, run);
+            }
+            _ => run(),
+        };
+        capture.settle(self.conn);
+        output
+    }
+
+    fn in_own_transaction<T>(
+        &self,
+        capture: &Capture,
+        run: impl FnOnce() -> Result<T, ExecError>,
+    ) -> Result<T, ExecError> {
+        let exec = |sql: &str| -> Result<(), SqlError> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.raw_execute())
+                .map(|_| ())
+                .map_err(SqlError::from)
+        };
+        exec("BEGIN IMMEDIATE")?;
+        let output = run();
+        if !self.conn.is_autocommit() {
+            let committed = self
+                .guard
+                .internal(|| capture.flush(self.conn))
+                .map_err(SqlError::from)
+                .and_then(|_| exec("COMMIT"));
+            if let Err(e) = committed {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                capture.settle(self.conn);
+                return Err(e.into());
+            }
+        }
+        capture.settle(self.conn);
+        output
     }
 
     /// Runs the steps whose conditions hold; a failing step does not stop
@@ -266,8 +352,13 @@ impl Session<'_> {
                 return Ok(());
             };
             self.check_allowed(&stmt, ctx)?;
-            let mut rows = stmt.raw_query();
-            while rows.next().map_err(SqlError::from)?.is_some() {}
+            let text = stmt.expanded_sql().unwrap_or_default();
+            let readonly = stmt.readonly();
+            self.captured(&text, readonly, || {
+                let mut rows = stmt.raw_query();
+                while rows.next().map_err(SqlError::from)?.is_some() {}
+                Ok(())
+            })?;
         }
     }
 

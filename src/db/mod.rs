@@ -18,6 +18,8 @@
 //! write committed since it began, as SQLite's own deferred transactions
 //! behave; else the write fails with `SQLITE_BUSY` and the client retries.
 
+pub mod capture;
+pub mod check;
 pub mod classify;
 pub mod conn;
 mod dispatch;
@@ -46,6 +48,11 @@ pub enum DbError {
     },
     #[error("cannot start a database thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start change capture on {path}: {source}")]
+    Capture {
+        path: PathBuf,
+        source: capture::CaptureError,
+    },
 }
 
 /// Whether the job left a transaction open, and if so, how to reach it.
@@ -206,6 +213,26 @@ impl Database {
             reply.txn = TxnState::StillOpen;
         }
         Ok(reply)
+    }
+
+    /// Merges remote change-log entries (replication's apply path): one
+    /// transaction; each entry applied, a duplicate, or rejected with a reason.
+    pub async fn apply(
+        &self,
+        entries: Vec<capture::LogEntry>,
+    ) -> Result<Vec<capture::Applied>, SqlError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .submit_internal(writer::InternalJob::Apply { entries, reply })?;
+        rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
+    }
+
+    /// Encodes rows changed by other programs now (also runs periodically).
+    pub async fn sweep(&self) -> Result<usize, SqlError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .submit_internal(writer::InternalJob::Sweep { reply })?;
+        rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
     }
 
     /// How many transactions the writer has committed since start.

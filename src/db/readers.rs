@@ -185,6 +185,7 @@ impl ReadConn {
             guard: &self.guard,
             role: Role::Reader,
             grouped: false,
+            capture: None,
         };
         let output = session.run(&job.item, &job.ctx);
         let outcome = if output.is_ok() { "ok" } else { "error" };

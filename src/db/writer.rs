@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use libsql_sys::rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::capture::{Applied, Capture, CaptureError, LogEntry};
 use super::conn::{self, Guard, Role};
 use super::dispatch::Dispatch;
 use super::exec::{ExecCtx, ExecError, Session, WorkItem, WorkOutput};
@@ -28,8 +29,26 @@ use crate::config::Config;
 use crate::error::SqlError;
 use crate::metrics::Metrics;
 
+/// Work for the writer that does not come from a client.
+pub enum InternalJob {
+    /// Merge remote log entries (replication).
+    Apply {
+        entries: Vec<LogEntry>,
+        reply: oneshot::Sender<Result<Vec<Applied>, SqlError>>,
+    },
+    /// Encode rows that other programs changed (the periodic sweep).
+    Sweep {
+        reply: oneshot::Sender<Result<usize, SqlError>>,
+    },
+}
+
+enum Work {
+    Sql(Job),
+    Internal(InternalJob),
+}
+
 struct WriterJob {
-    job: Job,
+    work: Work,
     /// May share a group commit (no transaction control in it).
     groupable: bool,
     /// Continue a reader's transaction that began at this commit count.
@@ -57,6 +76,16 @@ impl WriterHandle {
             path: path.to_owned(),
             source,
         })?;
+        let capture = if config.crdt.enabled() {
+            let started =
+                guard.internal(|| Capture::start(&conn, &config.crdt, Arc::clone(&metrics)));
+            Some(started.map_err(|source| DbError::Capture {
+                path: path.to_owned(),
+                source,
+            })?)
+        } else {
+            None
+        };
         let queue = Arc::new(Dispatch::new(
             1,
             config.limits.writer_queue,
@@ -70,6 +99,7 @@ impl WriterHandle {
             idle_timeout: config.limits.stream_idle_timeout,
             metrics: Arc::clone(&metrics),
             commits,
+            capture,
         };
         let thread = std::thread::Builder::new()
             .name("outpost-writer".into())
@@ -90,12 +120,22 @@ impl WriterHandle {
     ) -> Result<JobReply, SubmitError> {
         let (reply, rx) = oneshot::channel();
         let job = WriterJob {
-            job: Job { item, ctx, reply },
+            work: Work::Sql(Job { item, ctx, reply }),
             groupable,
             upgrade_from,
         };
         super::enqueue(&self.queue, job, "writer")?;
         rx.await.map_err(|_| SubmitError::Closed)
+    }
+
+    /// Queues internal work (its reply channel is inside `job`).
+    pub fn submit_internal(&self, job: InternalJob) -> Result<(), SubmitError> {
+        let job = WriterJob {
+            work: Work::Internal(job),
+            groupable: false,
+            upgrade_from: None,
+        };
+        super::enqueue(&self.queue, job, "writer")
     }
 
     pub fn is_full(&self) -> bool {
@@ -122,6 +162,7 @@ struct Writer {
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
     commits: Arc<AtomicU64>,
+    capture: Option<Capture>,
 }
 
 impl Writer {
@@ -135,10 +176,10 @@ impl Writer {
                     None => break,
                 },
             };
-            if next.groupable {
-                pending = self.run_group(next.job);
-            } else {
-                self.run_solo(next.job, next.upgrade_from);
+            match next.work {
+                Work::Sql(job) if next.groupable => pending = self.run_group(job),
+                Work::Sql(job) => self.run_solo(job, next.upgrade_from),
+                Work::Internal(job) => self.run_internal(job),
             }
         }
         self.close();
@@ -150,7 +191,75 @@ impl Writer {
             guard: &self.guard,
             role: Role::Writer,
             grouped,
+            capture: self.capture.as_ref(),
         }
+    }
+
+    /// Encodes the open transaction's pending changes (before a COMMIT).
+    fn flush_capture(&self) -> Result<(), CaptureError> {
+        match &self.capture {
+            Some(capture) => self
+                .guard
+                .internal(|| capture.flush(&self.conn))
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Tells capture that the transaction may have ended.
+    fn settle_capture(&self) {
+        if let Some(capture) = &self.capture {
+            capture.settle(&self.conn);
+        }
+    }
+
+    fn run_internal(&self, job: InternalJob) {
+        match job {
+            InternalJob::Apply { entries, reply } => {
+                let _ = reply.send(self.apply(&entries));
+            }
+            InternalJob::Sweep { reply } => {
+                let swept = match &self.capture {
+                    Some(capture) => self
+                        .guard
+                        .internal(|| capture.sweep(&self.conn))
+                        .map_err(SqlError::from),
+                    None => Ok(0),
+                };
+                if matches!(swept, Ok(n) if n > 0) {
+                    self.committed();
+                }
+                let _ = reply.send(swept);
+            }
+        }
+    }
+
+    /// Applies remote entries in one transaction, foreign keys off (rows
+    /// arrive in any order; each node checks its own writes).
+    fn apply(&self, entries: &[LogEntry]) -> Result<Vec<Applied>, SqlError> {
+        let Some(capture) = &self.capture else {
+            return Err(SqlError::new(
+                "OUTPOST_CAPTURE",
+                "change capture is off (crdt.replicate = []): nothing can be applied",
+            ));
+        };
+        self.guard.internal(|| {
+            self.conn
+                .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")?;
+            let outcome = capture.apply(&self.conn, entries).map_err(SqlError::from);
+            let outcome = outcome.and_then(|applied| {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(applied)
+            });
+            if outcome.is_err() {
+                self.rollback();
+            } else {
+                self.committed();
+            }
+            capture.settle(&self.conn);
+            self.reset_connection_settings();
+            outcome
+        })
     }
 
     /// Runs a transaction-control statement through the statement cache
@@ -172,11 +281,13 @@ impl Writer {
             let Some(next) = self.queue.try_pop() else {
                 break;
             };
-            if !next.groupable {
-                met_solo = Some(next);
-                break;
+            match next.work {
+                Work::Sql(job) if next.groupable => jobs.push(job),
+                _ => {
+                    met_solo = Some(next);
+                    break;
+                }
             }
-            jobs.push(next.job);
         }
         self.commit_together(jobs);
         met_solo
@@ -196,9 +307,15 @@ impl Writer {
                 return self.rerun_alone(jobs);
             }
         }
+        if let Err(e) = self.flush_capture() {
+            tracing::warn!(error = %e, "capture failed in a group commit; re-running its jobs one by one");
+            self.rollback();
+            return self.rerun_alone(jobs);
+        }
         match self.exec_cached("COMMIT") {
             Ok(()) => {
                 self.committed();
+                self.settle_capture();
                 for (job, output) in jobs.into_iter().zip(outputs) {
                     self.count(&output);
                     let _ = job.reply.send(JobReply {
@@ -227,13 +344,18 @@ impl Writer {
             }
             let output = self.session(true).run(&job.item, &job.ctx);
             if !self.conn.is_autocommit() {
-                if let Err(e) = self.exec_cached("COMMIT") {
+                let committed = self
+                    .flush_capture()
+                    .map_err(SqlError::from)
+                    .and_then(|()| self.exec_cached("COMMIT").map_err(SqlError::from));
+                if let Err(e) = committed {
                     self.rollback();
-                    reply_all_failed(vec![job], SqlError::from(e));
+                    reply_all_failed(vec![job], e);
                     continue;
                 }
                 self.committed();
             }
+            self.settle_capture();
             self.count(&output);
             let _ = job.reply.send(JobReply {
                 output,
@@ -338,6 +460,7 @@ impl Writer {
                 tracing::error!(error = %e, "ROLLBACK failed on the writer connection");
             }
         }
+        self.settle_capture();
     }
 
     fn count(&self, output: &Result<WorkOutput, ExecError>) {

@@ -1,0 +1,922 @@
+//! Change capture: every committed change to a replicated table becomes a
+//! CRDT update in `_outpost_log`, in the same transaction.
+//!
+//! How a write is captured:
+//! 1. Triggers on each replicated table (`_outpost_ins_*`, `_upd_*`,
+//!    `_del_*`) record the key of every changed row in `_outpost_pending`.
+//!    They are plain SQL, so writes by other programs (the sqlite3 CLI)
+//!    are recorded too, whether outpost runs or not.
+//! 2. Before every COMMIT on the writer — group commits, a client's
+//!    `COMMIT`, the implicit transaction around an autocommit statement —
+//!    [`Capture::flush`] turns each pending key into a yrs update: it loads
+//!    the row's document, compares it with the table (so a rolled-back
+//!    savepoint or a no-op UPDATE records nothing), writes the new document
+//!    to `_outpost_rows` and appends the update to `_outpost_log` with the
+//!    next dense `seq` and a hybrid logical clock.
+//! 3. The same COMMIT makes the row, its document and its log entry
+//!    durable together; a rollback discards all three.
+//!
+//! [`Capture::apply`] is the other direction (replication): it merges a
+//! remote update into the row's document, writes the resulting row back
+//! (its triggers' pending keys are cleared, so it is not captured again)
+//! and appends the entry under its origin.
+//!
+//! Schema changes are picked up at the next flush: the schema cookie
+//! changed, so the triggers of new or altered tables are (re)installed and
+//! their rows re-encoded, inside the transaction that changed the schema.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use libsql_sys::rusqlite::{self, params, Connection, OptionalExtension};
+
+use crate::config::CrdtConfig;
+use crate::crdt::{parse_key, DocError, Hlc, RowDoc, RowView, Stamp, Value};
+use crate::error::SqlError;
+use crate::metrics::Metrics;
+
+/// The schema version every entry carries until migrations exist (issue 10).
+pub const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("row document of {table} {key}: {source}")]
+    Doc {
+        table: String,
+        key: String,
+        source: DocError,
+    },
+    #[error("table {0:?} is listed in crdt.replicate but has no PRIMARY KEY; add one (any type, composite allowed) or stop replicating it")]
+    NoPrimaryKey(String),
+    #[error("bad row key {0}")]
+    Key(String),
+}
+
+impl From<CaptureError> for SqlError {
+    fn from(e: CaptureError) -> Self {
+        SqlError::new(
+            "OUTPOST_CAPTURE",
+            format!("change capture failed, the transaction was not committed: {e}"),
+        )
+    }
+}
+
+/// One entry of the change log, as replication moves it between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub origin: u64,
+    pub seq: u64,
+    pub hlc: u64,
+    pub table: String,
+    pub key: String,
+    pub schema_version: i64,
+    pub update: Vec<u8>,
+}
+
+/// What became of one remote entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// Already in the log: nothing changed.
+    Duplicate,
+    /// Not applied, with the reason (the rest of the batch still applies).
+    Rejected(String),
+}
+
+/// Bumped when the capture triggers change, so that they are reinstalled.
+const TRIGGER_FORMAT: &str = "triggers v2";
+
+/// A replicated table as capture needs it.
+#[derive(Debug, Clone)]
+struct TableInfo {
+    columns: Vec<String>,
+    pk: Vec<String>,
+    select_row: String,
+}
+
+/// Creates outpost's capture tables (idempotent). Runs on the writer.
+pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _outpost_pending (
+             tbl TEXT NOT NULL, pk TEXT NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS _outpost_rows (
+             tbl TEXT NOT NULL, pk TEXT NOT NULL, doc BLOB NOT NULL,
+             PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS _outpost_log (
+             origin INTEGER NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL,
+             tbl TEXT NOT NULL, pk TEXT NOT NULL, schema_version INTEGER NOT NULL,
+             \"update\" BLOB NOT NULL, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS _outpost_tables (
+             tbl TEXT PRIMARY KEY, sql TEXT NOT NULL) WITHOUT ROWID;
+         INSERT OR IGNORE INTO _outpost_meta VALUES ('schema_version', 0);",
+    )
+}
+
+/// Reads the node id from `_outpost_meta` and derives the yrs client id.
+pub fn client_id(conn: &Connection) -> rusqlite::Result<u64> {
+    let node_id: String = conn.query_row(
+        "SELECT value FROM _outpost_meta WHERE key = 'node_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(crate::crdt::client_id_of(&node_id))
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn quote_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The SQL expression of a row's key: `quote(a)||','||quote(b)`.
+pub(crate) fn key_expr(pk: &[String], prefix: &str) -> String {
+    pk.iter()
+        .map(|c| format!("quote({prefix}{})", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join("||','||")
+}
+
+fn where_pk(pk: &[String]) -> String {
+    pk.iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} IS ?{}", quote_ident(c), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn trigger_name(kind: &str, table: &str) -> String {
+    quote_ident(&format!("_outpost_{kind}_{table}"))
+}
+
+/// Internal SQL texts, prefixed with a per-process secret comment: the
+/// statement cache is keyed by text and cached statements skip the
+/// authorizer, so a client must not be able to send a text that hits one.
+struct InternalSql {
+    prefix: String,
+}
+
+impl InternalSql {
+    fn new() -> Self {
+        let nonce: u64 = rand::random();
+        InternalSql {
+            prefix: format!("/*outpost-internal {nonce:016x}*/ "),
+        }
+    }
+
+    fn text(&self, body: &str) -> String {
+        format!("{}{body}", self.prefix)
+    }
+}
+
+/// Encoded row documents, most recently used first, bounded in bytes.
+/// Holds committed state only: documents written by the open transaction
+/// wait in `staged` until it commits.
+struct DocCache {
+    entries: lru::LruCache<(String, String), Arc<[u8]>>,
+    bytes: usize,
+    max_bytes: usize,
+    /// Written by the open transaction: None once a ROLLBACK TO may have
+    /// undone the write (then it is only evicted at commit).
+    staged: HashMap<(String, String), Option<Arc<[u8]>>>,
+    staged_entries: u64,
+    staged_log_bytes: i64,
+}
+
+impl DocCache {
+    fn new(max_bytes: usize) -> Self {
+        DocCache {
+            entries: lru::LruCache::unbounded(),
+            bytes: 0,
+            max_bytes,
+            staged: HashMap::new(),
+            staged_entries: 0,
+            staged_log_bytes: 0,
+        }
+    }
+
+    fn get(&mut self, key: &(String, String)) -> Option<Arc<[u8]>> {
+        if self.staged.contains_key(key) {
+            return None; // the table holds the transaction's version
+        }
+        self.entries.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: (String, String), doc: Arc<[u8]>) {
+        if doc.len() > self.max_bytes {
+            return;
+        }
+        self.bytes += doc.len();
+        if let Some(old) = self.entries.put(key, doc) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.max_bytes {
+            match self.entries.pop_lru() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn stage(&mut self, key: (String, String), doc: Arc<[u8]>) {
+        if let Some(old) = self.entries.pop(&key) {
+            self.bytes -= old.len();
+        }
+        self.staged.insert(key, Some(doc));
+    }
+
+    fn forget_staged_values(&mut self) {
+        for doc in self.staged.values_mut() {
+            *doc = None;
+        }
+    }
+
+    /// The transaction ended: keep its documents if it committed.
+    fn settle(&mut self, committed: bool, metrics: &Metrics, source: &str) {
+        let staged = std::mem::take(&mut self.staged);
+        if committed {
+            for (key, doc) in staged {
+                if let Some(doc) = doc {
+                    self.insert(key, doc);
+                }
+            }
+            metrics
+                .log_entries_total
+                .with_label_values(&[source])
+                .inc_by(self.staged_entries);
+            metrics.log_bytes.add(self.staged_log_bytes);
+        }
+        self.staged_entries = 0;
+        self.staged_log_bytes = 0;
+    }
+}
+
+const TXN_COMMITTED: u8 = 1;
+const TXN_ROLLED_BACK: u8 = 2;
+
+/// The writer's capture state. Single-threaded: it lives on the writer.
+pub struct Capture {
+    config: CrdtConfig,
+    client: u64,
+    schema_version: i64,
+    sql: InternalSql,
+    tables: RefCell<HashMap<String, TableInfo>>,
+    schema_cookie: Cell<Option<i64>>,
+    warned: RefCell<HashSet<String>>,
+    hlc: RefCell<Hlc>,
+    cache: RefCell<DocCache>,
+    /// Set by SQLite's commit and rollback hooks.
+    txn_outcome: Arc<AtomicU8>,
+    /// Source label of the entries staged by the open transaction.
+    staged_source: Cell<&'static str>,
+    metrics: Arc<Metrics>,
+}
+
+impl Capture {
+    /// Prepares capture on the writer connection: creates the internal
+    /// tables, installs triggers, and encodes whatever other programs
+    /// changed while outpost was stopped. Runs its own transaction.
+    pub fn start(
+        conn: &Connection,
+        config: &CrdtConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Capture, CaptureError> {
+        create_tables(conn)?;
+        let client = client_id(conn)?;
+        let schema_version: i64 = conn.query_row(
+            "SELECT value FROM _outpost_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        let (last_hlc, log_bytes): (i64, i64) = conn.query_row(
+            "SELECT coalesce(max(hlc), 0), coalesce(sum(length(\"update\")), 0) FROM _outpost_log",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        metrics.log_bytes.set(log_bytes);
+        let txn_outcome = Arc::new(AtomicU8::new(0));
+        let on_commit = Arc::clone(&txn_outcome);
+        conn.commit_hook(Some(move || {
+            on_commit.fetch_or(TXN_COMMITTED, Ordering::Relaxed);
+            false
+        }));
+        let on_rollback = Arc::clone(&txn_outcome);
+        conn.rollback_hook(Some(move || {
+            on_rollback.fetch_or(TXN_ROLLED_BACK, Ordering::Relaxed);
+        }));
+        let capture = Capture {
+            config: config.clone(),
+            client,
+            schema_version,
+            sql: InternalSql::new(),
+            tables: RefCell::new(HashMap::new()),
+            schema_cookie: Cell::new(None),
+            warned: RefCell::new(HashSet::new()),
+            hlc: RefCell::new(Hlc::starting_after(last_hlc as u64)),
+            cache: RefCell::new(DocCache::new(config.doc_cache_bytes)),
+            txn_outcome,
+            staged_source: Cell::new("local"),
+            metrics,
+        };
+        let swept = capture.sweep(conn)?;
+        if swept > 0 {
+            tracing::info!(
+                rows = swept,
+                "encoded rows changed while outpost was not capturing"
+            );
+        }
+        Ok(capture)
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client
+    }
+
+    /// Encodes pending changes in a transaction of its own (the periodic
+    /// sweep for changes made by other programs). Returns the rows encoded.
+    pub fn sweep(&self, conn: &Connection) -> Result<usize, CaptureError> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = self.flush(conn).and_then(|n| {
+            conn.execute_batch("COMMIT")?;
+            Ok(n)
+        });
+        if result.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        self.settle(conn);
+        result
+    }
+
+    /// Whether rows wait in `_outpost_pending` (cheap; outside transactions).
+    pub fn has_pending(&self, conn: &Connection) -> Result<bool, CaptureError> {
+        let sql = self.sql.text("SELECT 1 FROM _outpost_pending LIMIT 1");
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row([], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Call after anything that may have ended the writer's transaction.
+    pub fn settle(&self, conn: &Connection) {
+        if !conn.is_autocommit() {
+            return;
+        }
+        let outcome = self.txn_outcome.swap(0, Ordering::Relaxed);
+        let committed = outcome & TXN_COMMITTED != 0 && outcome & TXN_ROLLED_BACK == 0;
+        self.cache
+            .borrow_mut()
+            .settle(committed, &self.metrics, self.staged_source.get());
+        self.staged_source.set("local");
+    }
+
+    /// A `ROLLBACK TO` may have undone documents written earlier in the
+    /// open transaction: do not cache them at commit.
+    pub fn savepoint_rolled_back(&self) {
+        self.cache.borrow_mut().forget_staged_values();
+    }
+
+    /// Encodes every pending row change as a CRDT update. Runs inside the
+    /// writer's open transaction, just before its COMMIT, with the
+    /// authorizer's internal access on.
+    pub fn flush(&self, conn: &Connection) -> Result<usize, CaptureError> {
+        self.reconcile_if_schema_changed(conn)?;
+        let pending = self.pending(conn)?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let mut seq = self.next_seq(conn, self.client)?;
+        let hlc = self.hlc.borrow_mut().tick(Hlc::now_ms());
+        let stamp = Stamp {
+            hlc,
+            origin: self.client,
+        };
+        let tables = self.tables.borrow();
+        let mut encoded = 0;
+        for (table, key) in pending {
+            let Some(info) = tables.get(&table) else {
+                continue; // dropped or no longer replicated
+            };
+            let row = self.read_row(conn, info, &table, &key)?;
+            let doc = self.load_doc(conn, &table, &key)?;
+            let doc_err = |source| CaptureError::Doc {
+                table: table.clone(),
+                key: key.clone(),
+                source,
+            };
+            let view = doc.view().map_err(doc_err)?;
+            let Some(change) = view.diff(row.as_deref()) else {
+                continue;
+            };
+            let update = doc
+                .write_local(stamp, &change, self.config.compact_doc_bytes)
+                .map_err(doc_err)?;
+            let entry = LogEntry {
+                origin: self.client,
+                seq,
+                hlc,
+                table: table.clone(),
+                key: key.clone(),
+                schema_version: self.schema_version,
+                update,
+            };
+            self.store(conn, &entry, doc.encode())?;
+            seq += 1;
+            encoded += 1;
+        }
+        conn.prepare_cached(&self.sql.text("DELETE FROM _outpost_pending"))?
+            .raw_execute()?;
+        self.metrics
+            .capture_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(encoded)
+    }
+
+    /// Applies remote log entries inside the writer's open transaction
+    /// (foreign keys off: rows arrive in any order). Each entry is applied
+    /// entirely or not at all.
+    pub fn apply(
+        &self,
+        conn: &Connection,
+        entries: &[LogEntry],
+    ) -> Result<Vec<Applied>, CaptureError> {
+        // Local changes first, so that writing the merged rows cannot hide one.
+        self.flush(conn)?;
+        self.staged_source.set("remote");
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            outcomes.push(self.apply_one(conn, entry)?);
+        }
+        Ok(outcomes)
+    }
+
+    fn apply_one(&self, conn: &Connection, entry: &LogEntry) -> Result<Applied, CaptureError> {
+        if self.has_entry(conn, entry.origin, entry.seq)? {
+            return Ok(Applied::Duplicate);
+        }
+        if let Some(reason) = self.reject_reason(entry) {
+            return Ok(Applied::Rejected(reason));
+        }
+        conn.execute_batch("SAVEPOINT outpost_apply")?;
+        match self.apply_in_savepoint(conn, entry) {
+            Ok(None) => {
+                conn.execute_batch("RELEASE outpost_apply")?;
+                Ok(Applied::Applied)
+            }
+            Ok(Some(reason)) => {
+                conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
+                self.savepoint_rolled_back();
+                Ok(Applied::Rejected(reason))
+            }
+            Err(e) => {
+                conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
+                self.savepoint_rolled_back();
+                Err(e)
+            }
+        }
+    }
+
+    fn reject_reason(&self, entry: &LogEntry) -> Option<String> {
+        if entry.origin == self.client {
+            return Some("the entry claims this node's own origin".into());
+        }
+        if entry.origin == 0 || entry.origin >= 1 << 53 || entry.seq == 0 {
+            return Some("origin or seq out of range".into());
+        }
+        if entry.update.len() > self.config.max_update_bytes {
+            return Some(format!(
+                "update of {} bytes is larger than crdt.max_update_bytes ({})",
+                entry.update.len(),
+                self.config.max_update_bytes
+            ));
+        }
+        if entry.schema_version > self.schema_version {
+            return Some(format!(
+                "written under schema version {}, this node has {}",
+                entry.schema_version, self.schema_version
+            ));
+        }
+        let tables = self.tables.borrow();
+        let Some(info) = tables.get(&entry.table) else {
+            return Some(format!("table {:?} is not replicated here", entry.table));
+        };
+        match parse_key(&entry.key) {
+            Ok(values) if values.len() == info.pk.len() => None,
+            Ok(_) => Some("the row key does not match the table's primary key".into()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Merges, writes the row back, logs. Some(reason) rejects the entry.
+    fn apply_in_savepoint(
+        &self,
+        conn: &Connection,
+        entry: &LogEntry,
+    ) -> Result<Option<String>, CaptureError> {
+        let tables = self.tables.borrow();
+        let info = &tables[&entry.table];
+        let doc = self.load_doc(conn, &entry.table, &entry.key)?;
+        if let Err(e) = doc.apply(&entry.update) {
+            return Ok(Some(e.to_string()));
+        }
+        let view = match doc.view() {
+            Ok(view) => view,
+            Err(e) => return Ok(Some(e.to_string())),
+        };
+        self.hlc.borrow_mut().observe(entry.hlc.max(view.max_hlc()));
+        if let Err(e) = self.materialize(conn, info, &entry.table, &entry.key, &view) {
+            return Ok(Some(format!("writing the merged row failed: {e}")));
+        }
+        self.store(conn, entry, doc.encode())?;
+        // The row now equals its document: nothing to capture for it.
+        conn.prepare_cached(
+            &self
+                .sql
+                .text("DELETE FROM _outpost_pending WHERE tbl = ?1 AND pk = ?2"),
+        )?
+        .execute(params![entry.table, entry.key])?;
+        Ok(None)
+    }
+
+    /// Makes the table's row say what the document says.
+    fn materialize(
+        &self,
+        conn: &Connection,
+        info: &TableInfo,
+        table: &str,
+        key: &str,
+        view: &RowView,
+    ) -> Result<(), CaptureError> {
+        let key_values = parse_key(key).map_err(|e| CaptureError::Key(e.to_string()))?;
+        let current = self.read_row(conn, info, table, key)?;
+        let t = quote_ident(table);
+        let where_pk = where_pk(&info.pk);
+        match (view.is_live(), current) {
+            (false, None) => {}
+            (false, Some(_)) => {
+                let sql = self.sql.text(&format!("DELETE FROM {t} WHERE {where_pk}"));
+                conn.prepare_cached(&sql)?
+                    .execute(rusqlite::params_from_iter(&key_values))?;
+            }
+            (true, None) => {
+                let mut names = Vec::new();
+                let mut values: Vec<&Value> = Vec::new();
+                for col in &info.columns {
+                    let pk_index = info.pk.iter().position(|p| p == col);
+                    match (view.cols.get(col), pk_index) {
+                        (_, Some(p)) => values.push(&key_values[p]),
+                        (Some((_, v)), None) => values.push(v),
+                        (None, None) => continue,
+                    }
+                    names.push(quote_ident(col));
+                }
+                let marks = (1..=names.len())
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!("INSERT INTO {t} ({}) VALUES ({marks})", names.join(","));
+                conn.prepare_cached(&self.sql.text(&sql))?
+                    .execute(rusqlite::params_from_iter(values))?;
+            }
+            (true, Some(row)) => {
+                let changed: Vec<(&String, &Value)> = row
+                    .iter()
+                    .filter_map(|(name, value)| match view.cols.get(name) {
+                        Some((_, v)) if v != value => Some((name, v)),
+                        _ => None,
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    return Ok(());
+                }
+                let n = key_values.len();
+                let sets = changed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, _))| format!("{} = ?{}", quote_ident(name), n + i + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!("UPDATE {t} SET {sets} WHERE {where_pk}");
+                let values = key_values.iter().chain(changed.iter().map(|(_, v)| *v));
+                conn.prepare(&self.sql.text(&sql))?
+                    .execute(rusqlite::params_from_iter(values))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store(&self, conn: &Connection, entry: &LogEntry, doc: Vec<u8>) -> Result<(), CaptureError> {
+        conn.prepare_cached(&self.sql.text(
+            "INSERT INTO _outpost_rows (tbl, pk, doc) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tbl, pk) DO UPDATE SET doc = excluded.doc",
+        ))?
+        .execute(params![entry.table, entry.key, doc])?;
+        conn.prepare_cached(&self.sql.text(
+            "INSERT INTO _outpost_log (origin, seq, hlc, tbl, pk, schema_version, \"update\")
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        ))?
+        .execute(params![
+            entry.origin as i64,
+            entry.seq as i64,
+            entry.hlc as i64,
+            entry.table,
+            entry.key,
+            entry.schema_version,
+            entry.update
+        ])?;
+        let mut cache = self.cache.borrow_mut();
+        cache.staged_entries += 1;
+        cache.staged_log_bytes += entry.update.len() as i64;
+        cache.stage((entry.table.clone(), entry.key.clone()), doc.into());
+        Ok(())
+    }
+
+    fn load_doc(&self, conn: &Connection, table: &str, key: &str) -> Result<RowDoc, CaptureError> {
+        let cache_key = (table.to_string(), key.to_string());
+        let cached = self.cache.borrow_mut().get(&cache_key);
+        let bytes = match cached {
+            Some(bytes) => {
+                self.metrics.doc_cache_hits_total.inc();
+                Some(bytes)
+            }
+            None => {
+                self.metrics.doc_cache_misses_total.inc();
+                let stored: Option<Vec<u8>> = conn
+                    .prepare_cached(
+                        &self
+                            .sql
+                            .text("SELECT doc FROM _outpost_rows WHERE tbl = ?1 AND pk = ?2"),
+                    )?
+                    .query_row(params![table, key], |r| r.get(0))
+                    .optional()?;
+                let stored: Option<Arc<[u8]>> = stored.map(Into::into);
+                let mut cache = self.cache.borrow_mut();
+                if let Some(bytes) = &stored {
+                    if !cache.staged.contains_key(&cache_key) {
+                        cache.insert(cache_key, Arc::clone(bytes));
+                    }
+                }
+                stored
+            }
+        };
+        match bytes {
+            None => Ok(RowDoc::new(self.client)),
+            Some(bytes) => RowDoc::load(&bytes, self.client).map_err(|source| CaptureError::Doc {
+                table: table.to_string(),
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn read_row(
+        &self,
+        conn: &Connection,
+        info: &TableInfo,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<Vec<(String, Value)>>, CaptureError> {
+        let key_values = parse_key(key).map_err(|e| CaptureError::Key(format!("{table} {e}")))?;
+        if key_values.len() != info.pk.len() {
+            return Err(CaptureError::Key(format!("{table} {key}: arity")));
+        }
+        let mut stmt = conn.prepare_cached(&info.select_row)?;
+        let row = stmt
+            .query_row(rusqlite::params_from_iter(&key_values), |r| {
+                (0..info.columns.len())
+                    .map(|i| Ok((info.columns[i].clone(), Value::from_sql(r.get_ref(i)?))))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .optional()?;
+        Ok(row)
+    }
+
+    fn pending(&self, conn: &Connection) -> Result<Vec<(String, String)>, CaptureError> {
+        let mut stmt =
+            conn.prepare_cached(&self.sql.text("SELECT tbl, pk FROM _outpost_pending"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn next_seq(&self, conn: &Connection, origin: u64) -> Result<u64, CaptureError> {
+        let max: i64 = conn
+            .prepare_cached(
+                &self
+                    .sql
+                    .text("SELECT coalesce(max(seq), 0) FROM _outpost_log WHERE origin = ?1"),
+            )?
+            .query_row([origin as i64], |r| r.get(0))?;
+        Ok(max as u64 + 1)
+    }
+
+    fn has_entry(&self, conn: &Connection, origin: u64, seq: u64) -> Result<bool, CaptureError> {
+        Ok(conn
+            .prepare_cached(
+                &self
+                    .sql
+                    .text("SELECT 1 FROM _outpost_log WHERE origin = ?1 AND seq = ?2"),
+            )?
+            .query_row([origin as i64, seq as i64], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn reconcile_if_schema_changed(&self, conn: &Connection) -> Result<(), CaptureError> {
+        let cookie: i64 = conn
+            .prepare_cached(&self.sql.text("PRAGMA schema_version"))?
+            .query_row([], |r| r.get(0))?;
+        if self.schema_cookie.get() == Some(cookie) {
+            return Ok(());
+        }
+        self.reconcile(conn)?;
+        let cookie: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        self.schema_cookie.set(Some(cookie));
+        Ok(())
+    }
+
+    /// Brings triggers in line with the schema and the config: installs
+    /// them on new or altered tables (whose rows are then re-encoded) and
+    /// removes the bookkeeping of dropped ones.
+    fn reconcile(&self, conn: &Connection) -> Result<(), CaptureError> {
+        let installed: HashMap<String, String> = conn
+            .prepare("SELECT tbl, sql FROM _outpost_tables")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut tables = HashMap::new();
+        for (name, sql) in user_tables(conn)? {
+            if !self.config.covers(&name) {
+                continue;
+            }
+            let (columns, pk) = table_columns(conn, &name)?;
+            if pk.is_empty() {
+                if self.config.names(&name) {
+                    return Err(CaptureError::NoPrimaryKey(name));
+                }
+                if self.warned.borrow_mut().insert(name.clone()) {
+                    tracing::warn!(table = %name, "table has no PRIMARY KEY: it stays local and is not replicated");
+                }
+                if installed.contains_key(&name) {
+                    self.uninstall(conn, &name)?;
+                }
+                continue;
+            }
+            let fingerprint = format!("{TRIGGER_FORMAT}\n{sql}");
+            if installed.get(&name) != Some(&fingerprint) {
+                self.install(conn, &name, &fingerprint, &pk)?;
+            }
+            let select_row = self.sql.text(&format!(
+                "SELECT {} FROM {} WHERE {}",
+                columns
+                    .iter()
+                    .map(|c| quote_ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                quote_ident(&name),
+                where_pk(&pk)
+            ));
+            tables.insert(
+                name,
+                TableInfo {
+                    columns,
+                    pk,
+                    select_row,
+                },
+            );
+        }
+        for name in installed.keys() {
+            if !tables.contains_key(name) {
+                self.uninstall(conn, name)?;
+            }
+        }
+        self.metrics.tables_replicated.set(tables.len() as i64);
+        *self.tables.borrow_mut() = tables;
+        Ok(())
+    }
+
+    fn install(
+        &self,
+        conn: &Connection,
+        table: &str,
+        fingerprint: &str,
+        pk: &[String],
+    ) -> Result<(), CaptureError> {
+        let t = quote_ident(table);
+        let lit = quote_text(table);
+        let (new_key, old_key) = (key_expr(pk, "NEW."), key_expr(pk, "OLD."));
+        // Not `INSERT OR IGNORE`: the conflict clause of the statement that
+        // fires a trigger (`INSERT OR REPLACE`, an UPSERT) overrides the one
+        // inside it, so the triggers avoid conflicts instead.
+        let record = |keys: &[&str]| {
+            let keys = keys
+                .iter()
+                .map(|k| format!("SELECT {k} AS k"))
+                .collect::<Vec<_>>()
+                .join(" UNION ");
+            format!(
+                "INSERT INTO _outpost_pending (tbl, pk) SELECT {lit}, k FROM ({keys}) AS x
+                 WHERE NOT EXISTS (SELECT 1 FROM _outpost_pending AS p WHERE p.tbl = {lit} AND p.pk = x.k);"
+            )
+        };
+        conn.execute_batch(&format!(
+            "DROP TRIGGER IF EXISTS {ins}; DROP TRIGGER IF EXISTS {upd}; DROP TRIGGER IF EXISTS {del};
+             CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {r_new} END;
+             CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {r_both} END;
+             CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN {r_old} END;
+             INSERT OR IGNORE INTO _outpost_pending (tbl, pk) SELECT {lit}, {all_keys} FROM {t};",
+            ins = trigger_name("ins", table),
+            upd = trigger_name("upd", table),
+            del = trigger_name("del", table),
+            r_new = record(&[&new_key]),
+            r_old = record(&[&old_key]),
+            r_both = record(&[&old_key, &new_key]),
+            all_keys = key_expr(pk, ""),
+        ))?;
+        conn.execute(
+            "INSERT INTO _outpost_tables (tbl, sql) VALUES (?1, ?2)
+             ON CONFLICT (tbl) DO UPDATE SET sql = excluded.sql",
+            params![table, fingerprint],
+        )?;
+        self.warn_about_constraints(conn, table)?;
+        tracing::info!(table, "capturing changes of table");
+        Ok(())
+    }
+
+    fn uninstall(&self, conn: &Connection, table: &str) -> Result<(), CaptureError> {
+        for kind in ["ins", "upd", "del"] {
+            conn.execute_batch(&format!(
+                "DROP TRIGGER IF EXISTS {}",
+                trigger_name(kind, table)
+            ))?;
+        }
+        conn.execute("DELETE FROM _outpost_tables WHERE tbl = ?1", [table])?;
+        conn.execute("DELETE FROM _outpost_pending WHERE tbl = ?1", [table])?;
+        tracing::info!(table, "stopped capturing changes of table");
+        Ok(())
+    }
+
+    fn warn_about_constraints(&self, conn: &Connection, table: &str) -> Result<(), CaptureError> {
+        let unique: i64 = conn.query_row(
+            "SELECT count(*) FROM pragma_index_list(?1) WHERE \"unique\" AND origin != 'pk'",
+            [table],
+            |r| r.get(0),
+        )?;
+        if unique > 0 {
+            tracing::warn!(table, "UNIQUE constraints other than the primary key cannot hold across nodes that write concurrently; a conflicting remote row will be rejected");
+        }
+        let fks: i64 = conn.query_row(
+            "SELECT count(*) FROM pragma_foreign_key_list(?1)",
+            [table],
+            |r| r.get(0),
+        )?;
+        if fks > 0 {
+            tracing::warn!(table, "foreign keys cannot be enforced across nodes: remote rows are applied with foreign key checks off");
+        }
+        Ok(())
+    }
+}
+
+/// Ordinary tables of the main schema (no views, virtual or shadow
+/// tables, no `sqlite_*` or `_outpost_*`), with their CREATE statements.
+pub(crate) fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    conn.prepare(
+        "SELECT l.name, s.sql FROM pragma_table_list AS l
+         JOIN sqlite_schema AS s ON s.name = l.name AND s.type = 'table'
+         WHERE l.schema = 'main' AND l.type = 'table'
+           AND l.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+           AND l.name NOT LIKE '\\_outpost\\_%' ESCAPE '\\'
+         ORDER BY l.name",
+    )?
+    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
+}
+
+/// Stored columns (generated ones excluded) and primary-key columns in key order.
+pub(crate) fn table_columns(
+    conn: &Connection,
+    table: &str,
+) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let mut columns = Vec::new();
+    let mut pk: Vec<(i64, String)> = Vec::new();
+    let mut stmt = conn.prepare("SELECT name, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let rows = stmt.query_map([table], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (name, pk_index) = row?;
+        if pk_index > 0 {
+            pk.push((pk_index, name.clone()));
+        }
+        columns.push(name);
+    }
+    pk.sort();
+    Ok((columns, pk.into_iter().map(|(_, n)| n).collect()))
+}
