@@ -162,6 +162,12 @@ fn deny_reason(ctx: &AuthContext<'_>) -> Option<String> {
             index_name,
             table_name,
         } => internal_table(index_name).or_else(|| internal_table(table_name)),
+        // `DROP TABLE t` drops t's capture triggers too (a bare `DROP
+        // TRIGGER _outpost_*` is refused before it gets here, see exec.rs).
+        AuthAction::DropTrigger {
+            trigger_name,
+            table_name,
+        } if is_internal(trigger_name) && !is_internal(table_name) => None,
         AuthAction::CreateTrigger {
             trigger_name,
             table_name,

@@ -386,15 +386,17 @@ impl Session<'_> {
     }
 }
 
-/// The authorizer sees only the old name of `ALTER TABLE .. RENAME TO`, so
-/// an ALTER that names an internal table anywhere is refused here.
-/// (A sequence may hold an ALTER anywhere, so for it any mention counts.)
+/// The authorizer sees only the old name of `ALTER TABLE .. RENAME TO`, and
+/// it must let `DROP TABLE` drop the table's capture triggers, so an ALTER
+/// or DROP that names an internal object anywhere is refused here.
+/// (A sequence may hold such a statement anywhere, so for it any mention counts.)
 fn check_rename(sql: &str, anywhere: bool) -> Result<(), SqlError> {
     let lower = sql.to_ascii_lowercase();
     let is_alter = if anywhere {
-        lower.contains("alter")
+        lower.contains("alter") || lower.contains("drop")
     } else {
-        super::classify::first_keyword(sql).eq_ignore_ascii_case("ALTER")
+        let word = super::classify::first_keyword(sql);
+        word.eq_ignore_ascii_case("ALTER") || word.eq_ignore_ascii_case("DROP")
     };
     if is_alter && lower.contains(super::conn::INTERNAL_PREFIX) {
         return Err(SqlError::new(
