@@ -3,12 +3,19 @@
 #
 #   scripts/bench.sh                      full run: release build, 10 s per phase (~6 min of load)
 #   scripts/bench.sh --json out.json      ... and write the machine-readable report
-#   scripts/bench.sh --quick              CI mode: debug build, ~1.5 s per phase, < 1 min;
-#                                         exits non-zero only if the harness itself breaks
+#   scripts/bench.sh --quick              CI mode: debug build, ~1.5 s per phase, tiny tables,
+#                                         capture A/B on; < 1 min; exits non-zero only if the
+#                                         harness itself breaks (a goal not met does not)
 #   scripts/bench.sh --quick --outpost-bin PATH   use that outpost binary (skip building it)
 #
 # Every other argument goes to outpost-bench (see `outpost-bench --help`), e.g. --seconds 5,
 # --concurrency 1,16, --rss-1m, --soak-seconds 600, --targets inproc,bare.
+# CRDT capture (issue 4):
+#   scripts/bench.sh --capture-ab --workloads insert,batch100,wide-update,hot-row --rss-rows 0
+#                                         capture on (outpost) vs off (outpost-b, same binary
+#                                         with OUTPOST_CRDT_REPLICATE=[]), interleaved rounds
+#   scripts/bench.sh --targets outpost --workloads none --rss-1m
+#                                         RSS at 100k and 1M rows, each + 100k random updates
 # BENCH_NO_BUILD=1 skips the cargo build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

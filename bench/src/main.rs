@@ -49,8 +49,8 @@ pub struct Args {
     #[arg(long)]
     outpost_bin: Option<PathBuf>,
     /// CI mode: ~1.5 s per phase, concurrency 1 (mix at 16), tiny tables (1,000 wide rows,
-    /// 2,000 hot-row updates, a 2,000-row memory run) and, unless another A/B is asked for,
-    /// the capture A/B (--capture-ab).
+    /// 1,000 hot-row updates, a memory run at --rows with 1,000 updates) and, unless another
+    /// A/B is asked for, the capture A/B (--capture-ab).
     #[arg(long)]
     quick: bool,
     /// Measured seconds per phase [default: 10, quick: 1.5].
@@ -75,8 +75,8 @@ pub struct Args {
     /// Rows loaded into `t` before the phases.
     #[arg(long, default_value_t = 10_000)]
     rows: u64,
-    /// After the phases, load outpost up to this many rows and report its RSS; 0 skips
-    /// [default: 100000, quick: 0].
+    /// After the phases, load a fresh outpost up to this many rows (at least --rows) and
+    /// report its RSS; 0 skips [default: 100000, quick: 2000].
     #[arg(long)]
     rss_rows: Option<u64>,
     /// Shorthand for --rss-rows 1000000.
@@ -94,7 +94,7 @@ pub struct Args {
     #[arg(long)]
     wide_rows: Option<u64>,
     /// Updates of the one row of `hot` in the `hot-row` run, per instance
-    /// [default: 100000, quick: 2000].
+    /// [default: 100000, quick: 1000].
     #[arg(long)]
     hot_row_updates: Option<u64>,
     /// The hot-row run compares the latency of the first and the last this many updates
@@ -228,7 +228,7 @@ impl Plan {
                 .max(1),
             hot_row_updates: a
                 .hot_row_updates
-                .unwrap_or(if a.quick { 2_000 } else { 100_000 })
+                .unwrap_or(if a.quick { 1_000 } else { 100_000 })
                 .max(2),
             hot_row_window: a.hot_row_window.max(1),
             capture_ab: a.capture_ab
@@ -645,7 +645,7 @@ fn stop_outpost(mut proc: server::Outpost, report: &mut Report) {
 
 /// Memory against table size, on a fresh outpost: load to each checkpoint (10k, 100k, 1M
 /// up to `rss_rows`), sample RSS, read across the table for a few seconds, sample again,
-/// update `rss_updates` random rows, sample again. Then the optional soak (90/10 mix at 16
+/// update `rss_updates` random rows (at 100k rows and up, and at the last size), sample again. Then the optional soak (90/10 mix at 16
 /// clients, RSS every 10 s).
 fn run_rss(
     rt: &tokio::runtime::Runtime,
@@ -689,7 +689,8 @@ fn run_rss(
                     Some(n),
                 ));
             }
-            if plan.rss_updates > 0 {
+            // Updates at 100k rows and up (the "flat" comparison), and at the last size.
+            if plan.rss_updates > 0 && (n >= 100_000 || n == target) {
                 let u = plan.rss_updates;
                 // Bounded by the count, not the clock (an hour is a generous cap).
                 let clock = Arc::new(PhaseClock::new(
@@ -931,9 +932,11 @@ fn run(args: &Args) -> Result<Report> {
     // Each phase is split into `rounds` rounds, each running the targets back to back
     // (A B C A B C ...), and each target's rounds are merged: a burst of noise from the rest
     // of the machine then lands on all targets alike.
+    // outpost and outpost-b swap places every other round (A B, B A, ...), so that neither
+    // always runs right after the baselines or always first.
     for (w, c) in phases {
         let mut acc: Vec<(Target, WorkerStats, f64)> = Vec::new();
-        for _ in 0..plan.rounds {
+        for round in 0..plan.rounds {
             let mut add = |t: Target, clock: &PhaseClock, stats: WorkerStats| {
                 let secs = clock.measured_secs(stats.last_done);
                 match acc.iter_mut().find(|a| a.0 == t) {
@@ -954,17 +957,20 @@ fn run(args: &Args) -> Result<Report> {
                     rt.block_on(client::run_phase(srv.addr, w, c, plan.rows, clock.clone()))?;
                 add(Target::Bare, &clock, stats);
             }
-            if let Some(p) = &outpost {
-                let clock = plan.clock();
-                let stats =
-                    rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
-                add(Target::Outpost, &clock, stats);
+            let mut pair = [
+                (Target::Outpost, outpost.as_ref()),
+                (Target::OutpostB, outpost_b.as_ref()),
+            ];
+            if round % 2 == 1 {
+                pair.reverse();
             }
-            if let Some(p) = &outpost_b {
-                let clock = plan.clock();
-                let stats =
-                    rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
-                add(Target::OutpostB, &clock, stats);
+            for (t, p) in pair {
+                if let Some(p) = p {
+                    let clock = plan.clock();
+                    let stats =
+                        rt.block_on(client::run_phase(p.api, w, c, plan.rows, clock.clone()))?;
+                    add(t, &clock, stats);
+                }
             }
         }
         for (t, stats, secs) in acc {

@@ -449,7 +449,7 @@ impl Report {
                 measured: Some(if self.plan.capture_ab {
                     "no write workload ran".into()
                 } else {
-                    "no capture A/B (--capture-ab)".into()
+                    "no A/B: --capture-ab".into()
                 }),
                 met: None,
             }];
@@ -471,7 +471,7 @@ impl Report {
                     (None, Some(p50), Some(ops)) if ops > 0.0 => {
                         let slow = 1.0 / ops;
                         (
-                            Some(format!("{p50:.2}x, {slow:.2}x")),
+                            Some(format!("p50 {p50:.2}x, ops {slow:.2}x")),
                             Some(p50 <= CAPTURE_COST_MAX && slow <= CAPTURE_COST_MAX),
                         )
                     }
