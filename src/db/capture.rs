@@ -55,6 +55,8 @@ pub enum CaptureError {
     NoPrimaryKey(String),
     #[error("bad row key {0}")]
     Key(String),
+    #[error("{given} entries in one apply call; crdt.max_apply_batch is {max}")]
+    BatchTooLarge { given: usize, max: usize },
 }
 
 impl From<CaptureError> for SqlError {
@@ -447,6 +449,12 @@ impl Capture {
         conn: &Connection,
         entries: &[LogEntry],
     ) -> Result<Vec<Applied>, CaptureError> {
+        if entries.len() > self.config.max_apply_batch {
+            return Err(CaptureError::BatchTooLarge {
+                given: entries.len(),
+                max: self.config.max_apply_batch,
+            });
+        }
         // Local changes first, so that writing the merged rows cannot hide one.
         self.flush(conn)?;
         self.staged_source.set("remote");
