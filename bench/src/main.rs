@@ -498,7 +498,7 @@ fn spec_b(args: &Args, plan: &Plan, bin: &Path) -> Option<Spec> {
     }
     let mut env = args.outpost_env.clone();
     env.extend(args.compare_env.iter().cloned());
-    if plan.capture_ab {
+    if plan.capture_ab && !env.iter().any(|(k, _)| k == CAPTURE_OFF_ENV.0) {
         env.push((CAPTURE_OFF_ENV.0.into(), CAPTURE_OFF_ENV.1.into()));
     }
     Some(Spec {

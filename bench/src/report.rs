@@ -433,6 +433,15 @@ impl Report {
         self.capture.iter().find(|c| c.instance == instance)
     }
 
+    /// The A/B of this run compared capture on (A) with capture off (B), as read from the
+    /// databases afterwards.
+    fn is_capture_ab(&self) -> bool {
+        matches!(
+            (self.capture_stats("phases"), self.capture_stats("phases-b")),
+            (Some(a), Some(b)) if a.active() && !b.active()
+        )
+    }
+
     /// "CRDT capture costs at most 2x": per write workload of a capture A/B, p50 on ÷ off and
     /// ops/s off ÷ on, both ≤ 2. Not measured unless A captured and B did not.
     fn capture_goals(&self) -> Vec<Goal> {
@@ -442,11 +451,12 @@ impl Report {
             .iter()
             .filter(|c| CAPTURE_WORKLOADS.contains(&c.workload.as_str()))
             .collect();
-        if !self.plan.capture_ab || cmp.is_empty() {
+        let asked = self.plan.capture_ab || self.is_capture_ab();
+        if !asked || cmp.is_empty() {
             return vec![Goal {
                 measure: "CRDT capture cost (write workloads, same run)".into(),
                 goal,
-                measured: Some(if self.plan.capture_ab {
+                measured: Some(if asked {
                     "no write workload ran".into()
                 } else {
                     "no A/B: --capture-ab".into()
@@ -654,7 +664,7 @@ impl Report {
             let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
             let us = |x: Option<f64>| x.map_or("-".to_string(), fmt_us);
             let rate = |x: Option<f64>| x.map_or("-".to_string(), fmt_rate);
-            let what = if self.plan.capture_ab {
+            let what = if self.plan.capture_ab || self.is_capture_ab() {
                 " (A = capture on, B = capture off)"
             } else {
                 ""
@@ -675,7 +685,7 @@ impl Report {
                 "B ops/s",
                 "ops a÷b"
             );
-            if self.plan.capture_ab {
+            if self.plan.capture_ab || self.is_capture_ab() {
                 let state = |i: &str| {
                     self.capture_stats(i)
                         .map_or("unknown".to_string(), |c| c.describe())
@@ -835,6 +845,112 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(args: &[&str]) -> Report {
+        use clap::Parser;
+        let args =
+            crate::Args::parse_from(std::iter::once("outpost-bench").chain(args.iter().copied()));
+        Report::new(&crate::Plan::from_args(&args))
+    }
+
+    fn capture(instance: &str, on: bool) -> CaptureStats {
+        CaptureStats {
+            instance: instance.into(),
+            rows_table: true,
+            log_table: true,
+            docs: if on { 10 } else { 0 },
+            log_rows: if on { 10 } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    fn result(target: Target, workload: &str, p50: f64, ops: f64) -> PhaseResult {
+        let mut summary = Summary::from_hist(&crate::stats::new_hist(), 0, 1.0);
+        summary.ops = 100;
+        summary.p50_us = p50;
+        summary.p99_us = p50 * 2.0;
+        summary.ops_per_sec = ops;
+        PhaseResult {
+            target,
+            workload: workload.into(),
+            concurrency: 1,
+            summary,
+            read: None,
+            write: None,
+            first_error: None,
+        }
+    }
+
+    fn goal<'a>(r: &'a Report, prefix: &str) -> &'a Goal {
+        r.goals
+            .iter()
+            .find(|g| g.measure.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no goal {prefix:?} in {:#?}", r.goals))
+    }
+
+    #[test]
+    fn capture_goal_needs_capture_on_in_a_and_off_in_b() {
+        let mut r = report(&["--capture-ab"]);
+        r.results = vec![
+            result(Target::Outpost, "insert", 300.0, 1000.0),
+            result(Target::OutpostB, "insert", 200.0, 1500.0),
+            result(Target::Outpost, "batch100", 900.0, 100.0),
+            result(Target::OutpostB, "batch100", 300.0, 300.0),
+        ];
+        r.capture = vec![capture("phases", true), capture("phases-b", false)];
+        r.finish();
+        let g = goal(&r, "capture cost, insert");
+        assert_eq!(g.met, Some(true), "{g:?}");
+        assert_eq!(g.measured.as_deref(), Some("p50 1.50x, ops 1.50x"));
+        assert_eq!(goal(&r, "capture cost, batch100").met, Some(false));
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+
+        // A captured nothing (a binary without capture): no verdict.
+        r.capture = vec![capture("phases", false), capture("phases-b", false)];
+        r.finish();
+        let g = goal(&r, "capture cost, insert");
+        assert_eq!(g.met, None);
+        assert!(g.measured.as_deref().unwrap().starts_with("n/a"), "{g:?}");
+
+        // B still captured.
+        r.capture = vec![capture("phases", true), capture("phases-b", true)];
+        r.finish();
+        assert_eq!(goal(&r, "capture cost, insert").met, None);
+    }
+
+    #[test]
+    fn memory_goals() {
+        let mut r = report(&["--rss-1m"]);
+        let sample = |rows: u64, mib: u64, updates: Option<u64>| RssSample {
+            label: format!("memory: {rows}"),
+            rows: Some(rows),
+            updates,
+            rss_kib: mib * 1024,
+            hwm_kib: mib * 1024,
+        };
+        r.finish();
+        assert_eq!(goal(&r, "RSS, 1M rows").met, None);
+        r.rss = vec![
+            sample(100_000, 40, None),
+            sample(100_000, 45, Some(100_000)),
+            sample(1_000_000, 150, Some(100_000)),
+        ];
+        r.capture = vec![capture("memory", true)];
+        r.finish();
+        assert_eq!(goal(&r, "RSS, 1M rows").met, Some(true));
+        let flat = goal(&r, "RSS flat");
+        assert_eq!(flat.met, Some(false), "{flat:?}");
+        assert_eq!(flat.measured.as_deref(), Some("+105.0 MiB"));
+
+        r.rss[2].rss_kib = 250 * 1024;
+        r.finish();
+        assert_eq!(goal(&r, "RSS, 1M rows").met, Some(false));
+
+        // Without capture the figure is not the one the goal is about.
+        r.capture = vec![capture("memory", false)];
+        r.finish();
+        assert_eq!(goal(&r, "RSS, 1M rows").met, None);
+    }
 
     #[test]
     fn date_format() {
