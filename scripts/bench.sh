@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run the outpost benchmark harness (bench/, crate outpost-bench).
 #
-#   scripts/bench.sh                      full run: release build, 10 s per phase (~6 min of load)
+#   scripts/bench.sh                      full run: release build, 10 s per phase (~8 min of load,
+#                                         ~11 min with --capture-ab)
 #   scripts/bench.sh --json out.json      ... and write the machine-readable report
 #   scripts/bench.sh --quick              CI mode: debug build, ~1.5 s per phase, tiny tables,
 #                                         capture A/B on; < 1 min; exits non-zero only if the

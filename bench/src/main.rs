@@ -645,8 +645,8 @@ fn stop_outpost(mut proc: server::Outpost, report: &mut Report) {
 
 /// Memory against table size, on a fresh outpost: load to each checkpoint (10k, 100k, 1M
 /// up to `rss_rows`), sample RSS, read across the table for a few seconds, sample again,
-/// update `rss_updates` random rows (at 100k rows and up, and at the last size), sample again. Then the optional soak (90/10 mix at 16
-/// clients, RSS every 10 s).
+/// update `rss_updates` random rows (at 100k rows and up, and at the last size), sample
+/// again. Then the optional soak (90/10 mix at 16 clients, RSS every 10 s).
 fn run_rss(
     rt: &tokio::runtime::Runtime,
     args: &Args,
