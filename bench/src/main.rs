@@ -66,7 +66,8 @@ pub struct Args {
     /// Upper bound on measured operations per phase.
     #[arg(long, default_value_t = 5_000_000)]
     max_ops: u64,
-    /// Concurrency levels for the read and insert phases [default: 1,16,64, quick: 1].
+    /// Concurrency levels for the read, insert, batch100 and wide-update phases
+    /// [default: 1,16,64, quick: 1].
     #[arg(long, value_delimiter = ',')]
     concurrency: Option<Vec<usize>>,
     /// Concurrency levels for the 90/10 read/write mix [default: 16].
