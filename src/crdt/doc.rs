@@ -278,6 +278,32 @@ impl RowDoc {
         Ok(view)
     }
 
+    /// Records what the table says about the row (`row`: its columns, or
+    /// None if absent) as a local change stamped `stamp`, and returns the
+    /// yrs update that carries it — None when the document already agrees.
+    pub fn record_local(
+        &self,
+        stamp: Stamp,
+        row: Option<&[(String, Value)]>,
+        compact_above: usize,
+    ) -> Result<Option<Vec<u8>>, DocError> {
+        let slots = self.slots()?;
+        let mut view = RowView::default();
+        for (_, slot) in &slots {
+            view.join(slot);
+        }
+        match view.diff(row) {
+            Some(change) => Ok(Some(self.write_change(
+                stamp,
+                &change,
+                compact_above,
+                slots,
+                view,
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// Records a local change stamped `stamp` (whose origin is this
     /// document's client) and returns the yrs update that carries it.
     /// When the encoded document is larger than `compact_above` bytes,
@@ -288,12 +314,23 @@ impl RowDoc {
         change: &Change,
         compact_above: usize,
     ) -> Result<Vec<u8>, DocError> {
-        debug_assert_eq!(stamp.origin, self.client);
         let slots = self.slots()?;
         let mut view = RowView::default();
         for (_, slot) in &slots {
             view.join(slot);
         }
+        Ok(self.write_change(stamp, change, compact_above, slots, view))
+    }
+
+    fn write_change(
+        &self,
+        stamp: Stamp,
+        change: &Change,
+        compact_above: usize,
+        slots: Vec<(u64, Slot)>,
+        mut view: RowView,
+    ) -> Vec<u8> {
+        debug_assert_eq!(stamp.origin, self.client);
         let own_key = self.client.to_string();
         let mut own = slots
             .iter()
@@ -326,7 +363,7 @@ impl RowDoc {
         for key in stale {
             self.map.remove(&mut txn, &key);
         }
-        Ok(txn.encode_update_v1())
+        txn.encode_update_v1()
     }
 
     fn encoded_len_hint(&self, slots: &[(u64, Slot)]) -> usize {

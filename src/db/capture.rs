@@ -408,24 +408,18 @@ impl Capture {
             };
             let row = self.read_row(conn, info, &table, &key)?;
             let doc = self.load_doc(conn, &table, &key)?;
-            let doc_err = |source| CaptureError::Doc {
-                table: table.clone(),
-                key: key.clone(),
-                source,
+            let recorded = doc.record_local(stamp, row.as_deref(), self.config.compact_doc_bytes);
+            let update = match recorded {
+                Ok(Some(update)) => update,
+                Ok(None) => continue,
+                Err(source) => return Err(CaptureError::Doc { table, key, source }),
             };
-            let view = doc.view().map_err(doc_err)?;
-            let Some(change) = view.diff(row.as_deref()) else {
-                continue;
-            };
-            let update = doc
-                .write_local(stamp, &change, self.config.compact_doc_bytes)
-                .map_err(doc_err)?;
             let entry = LogEntry {
                 origin: self.client,
                 seq,
                 hlc,
-                table: table.clone(),
-                key: key.clone(),
+                table,
+                key,
                 schema_version: self.schema_version,
                 update,
             };
