@@ -91,7 +91,11 @@ pub enum Applied {
 }
 
 /// Bumped when the capture triggers change, so that they are reinstalled.
-const TRIGGER_FORMAT: &str = "triggers v2";
+const TRIGGER_FORMAT: &str = "triggers v3";
+
+/// Capture triggers per table: after insert/update/delete (always), and
+/// before insert/update (tables with UNIQUE indexes besides the key).
+const TRIGGER_KINDS: [&str; 5] = ["ins", "upd", "del", "bins", "bupd"];
 
 /// A replicated table as capture needs it.
 #[derive(Debug, Clone)]
@@ -271,6 +275,8 @@ pub struct Capture {
     tables: RefCell<HashMap<String, TableInfo>>,
     schema_cookie: Cell<Option<i64>>,
     warned: RefCell<HashSet<String>>,
+    /// Tables dropped in the open transaction: their documents record deletes.
+    dropped: RefCell<HashSet<String>>,
     hlc: RefCell<Hlc>,
     cache: RefCell<DocCache>,
     /// Set by SQLite's commit and rollback hooks.
@@ -320,6 +326,7 @@ impl Capture {
             tables: RefCell::new(HashMap::new()),
             schema_cookie: Cell::new(None),
             warned: RefCell::new(HashSet::new()),
+            dropped: RefCell::new(HashSet::new()),
             hlc: RefCell::new(Hlc::starting_after(last_hlc as u64)),
             cache: RefCell::new(DocCache::new(config.doc_cache_bytes)),
             txn_outcome,
@@ -403,10 +410,11 @@ impl Capture {
         let tables = self.tables.borrow();
         let mut encoded = 0;
         for (table, key) in pending {
-            let Some(info) = tables.get(&table) else {
-                continue; // dropped or no longer replicated
+            let row = match tables.get(&table) {
+                Some(info) => self.read_row(conn, info, &table, &key)?,
+                None if self.dropped.borrow().contains(&table) => None,
+                None => continue, // no longer replicated
             };
-            let row = self.read_row(conn, info, &table, &key)?;
             let doc = self.load_doc(conn, &table, &key)?;
             let recorded = doc.record_local(stamp, row.as_deref(), self.config.compact_doc_bytes);
             let update = match recorded {
@@ -429,6 +437,7 @@ impl Capture {
         }
         conn.prepare_cached(&self.sql.text("DELETE FROM _outpost_pending"))?
             .raw_execute()?;
+        self.dropped.borrow_mut().clear();
         self.metrics
             .capture_duration_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -703,10 +712,30 @@ impl Capture {
     fn pending(&self, conn: &Connection) -> Result<Vec<(String, String)>, CaptureError> {
         let mut stmt =
             conn.prepare_cached(&self.sql.text("SELECT tbl, pk FROM _outpost_pending"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        let mut rows = stmt.query([])?;
+        let mut pending = Vec::new();
+        while let Some(row) = rows.next()? {
+            let bytes = |i| -> rusqlite::Result<&[u8]> {
+                row.get_ref(i)?.as_bytes().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            };
+            let (table, key) = (bytes(0)?, bytes(1)?);
+            match (std::str::from_utf8(table), std::str::from_utf8(key)) {
+                (Ok(table), Ok(key)) => pending.push((table.to_string(), key.to_string())),
+                _ => tracing::error!(
+                    table = %String::from_utf8_lossy(table),
+                    key = %String::from_utf8_lossy(key),
+                    "a changed row's key is not valid UTF-8 text (written by another program?): \
+                     it cannot be replicated and is skipped"
+                ),
+            }
+        }
+        Ok(pending)
     }
 
     fn next_seq(&self, conn: &Connection, origin: u64) -> Result<u64, CaptureError> {
@@ -771,8 +800,8 @@ impl Capture {
                 }
                 continue;
             }
-            let fingerprint = format!("{TRIGGER_FORMAT}\n{sql}");
-            if installed.get(&name) != Some(&fingerprint) {
+            let fingerprint = fingerprint(conn, &name, &sql)?;
+            if installed.get(&name) != Some(&fingerprint) || !triggers_present(conn, &name)? {
                 self.install(conn, &name, &fingerprint, &pk)?;
             }
             let select_row = self.sql.text(&format!(
@@ -794,9 +823,16 @@ impl Capture {
                 },
             );
         }
+        let existing: HashSet<String> = user_tables(conn)?.into_iter().map(|(n, _)| n).collect();
         for name in installed.keys() {
-            if !tables.contains_key(name) {
-                self.uninstall(conn, name)?;
+            if tables.contains_key(name) {
+                continue;
+            }
+            self.uninstall(conn, name)?;
+            if !existing.contains(name) {
+                // Dropped: its rows are gone, so their documents record deletes.
+                self.mark_documents_pending(conn, name)?;
+                self.dropped.borrow_mut().insert(name.clone());
             }
         }
         self.metrics.tables_replicated.set(tables.len() as i64);
@@ -828,12 +864,45 @@ impl Capture {
                  WHERE NOT EXISTS (SELECT 1 FROM _outpost_pending AS p WHERE p.tbl = {lit} AND p.pk = x.k);"
             )
         };
+        // `REPLACE` deletes rows that conflict on another UNIQUE index
+        // without firing delete triggers (unless recursive_triggers is on,
+        // which would change user triggers): record those rows beforehand.
+        let conflicting = unique_indexes(conn, table)?
+            .iter()
+            .map(|cols| {
+                let same = cols
+                    .iter()
+                    .map(|c| format!("o.{c} IS NEW.{c}", c = quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                format!(
+                    "INSERT INTO _outpost_pending (tbl, pk) SELECT DISTINCT {lit}, {key} FROM {t} AS o
+                     WHERE {same} AND NOT EXISTS (SELECT 1 FROM _outpost_pending AS p
+                       WHERE p.tbl = {lit} AND p.pk = {key});",
+                    key = key_expr(pk, "o.")
+                )
+            })
+            .collect::<String>();
+        for kind in TRIGGER_KINDS {
+            conn.execute_batch(&format!(
+                "DROP TRIGGER IF EXISTS {}",
+                trigger_name(kind, table)
+            ))?;
+        }
+        if !conflicting.is_empty() {
+            conn.execute_batch(&format!(
+                "CREATE TRIGGER {bins} BEFORE INSERT ON {t} BEGIN {conflicting} END;
+                 CREATE TRIGGER {bupd} BEFORE UPDATE ON {t} BEGIN {conflicting} END;",
+                bins = trigger_name("bins", table),
+                bupd = trigger_name("bupd", table),
+            ))?;
+        }
         conn.execute_batch(&format!(
-            "DROP TRIGGER IF EXISTS {ins}; DROP TRIGGER IF EXISTS {upd}; DROP TRIGGER IF EXISTS {del};
-             CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {r_new} END;
+            "CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {r_new} END;
              CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {r_both} END;
              CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN {r_old} END;
-             INSERT OR IGNORE INTO _outpost_pending (tbl, pk) SELECT {lit}, {all_keys} FROM {t};",
+             INSERT OR IGNORE INTO _outpost_pending (tbl, pk) SELECT {lit}, {all_keys} FROM {t};
+             INSERT OR IGNORE INTO _outpost_pending (tbl, pk) SELECT tbl, pk FROM _outpost_rows WHERE tbl = {lit};",
             ins = trigger_name("ins", table),
             upd = trigger_name("upd", table),
             del = trigger_name("del", table),
@@ -852,8 +921,16 @@ impl Capture {
         Ok(())
     }
 
+    fn mark_documents_pending(&self, conn: &Connection, table: &str) -> Result<(), CaptureError> {
+        conn.execute(
+            "INSERT OR IGNORE INTO _outpost_pending (tbl, pk) SELECT tbl, pk FROM _outpost_rows WHERE tbl = ?1",
+            [table],
+        )?;
+        Ok(())
+    }
+
     fn uninstall(&self, conn: &Connection, table: &str) -> Result<(), CaptureError> {
-        for kind in ["ins", "upd", "del"] {
+        for kind in TRIGGER_KINDS {
             conn.execute_batch(&format!(
                 "DROP TRIGGER IF EXISTS {}",
                 trigger_name(kind, table)
@@ -882,8 +959,62 @@ impl Capture {
         if fks > 0 {
             tracing::warn!(table, "foreign keys cannot be enforced across nodes: remote rows are applied with foreign key checks off");
         }
+        // SQLite lets a non-INTEGER key column of a rowid table hold NULL,
+        // and all such rows would share one key.
+        let nullable_key: i64 = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info(?1) AS c, pragma_table_list AS l
+             WHERE l.name = ?1 AND l.schema = 'main' AND NOT l.wr AND c.pk > 0 AND NOT c.\"notnull\"
+               AND NOT (upper(c.type) = 'INTEGER' AND (SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0) = 1)",
+            [table],
+            |r| r.get(0),
+        )?;
+        if nullable_key > 0 {
+            tracing::warn!(table, "primary key columns may hold NULL (declare them NOT NULL): rows with a NULL key cannot be told apart and are not replicated reliably");
+        }
         Ok(())
     }
+}
+
+/// What a table's capture triggers depend on: its definition and its indexes.
+fn fingerprint(conn: &Connection, table: &str, sql: &str) -> rusqlite::Result<String> {
+    let indexes: String = conn.query_row(
+        "SELECT coalesce(group_concat(coalesce(sql, name), ';'), '') FROM
+           (SELECT sql, name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 ORDER BY name)",
+        [table],
+        |r| r.get(0),
+    )?;
+    Ok(format!("{TRIGGER_FORMAT}\n{sql}\n{indexes}"))
+}
+
+fn triggers_present(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    let names = ["ins", "upd", "del"].map(|k| format!("_outpost_{k}_{table}"));
+    let count: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
+           AND name IN (?2, ?3, ?4)",
+        params![table, names[0], names[1], names[2]],
+        |r| r.get(0),
+    )?;
+    Ok(count == 3)
+}
+
+/// Columns of each UNIQUE index other than the primary key (indexes on
+/// expressions are skipped: their conflicts cannot be matched by column).
+fn unique_indexes(conn: &Connection, table: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" AND origin != 'pk'")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut indexes = Vec::new();
+    for name in names {
+        let cols: Vec<Option<String>> = conn
+            .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([&name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if let Some(cols) = cols.into_iter().collect::<Option<Vec<String>>>() {
+            indexes.push(cols);
+        }
+    }
+    Ok(indexes)
 }
 
 /// Ordinary tables of the main schema (no views, virtual or shadow

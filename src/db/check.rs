@@ -161,7 +161,8 @@ fn check_rows(conn: &Connection, table: &Table, report: &mut CheckReport) -> rus
     let mut iter = rows.query([])?;
     while let Some(row) = iter.next()? {
         report.rows += 1;
-        let key: String = row.get(0)?;
+        let key =
+            String::from_utf8_lossy(row.get_ref(0)?.as_bytes().unwrap_or_default()).into_owned();
         let doc: Option<Vec<u8>> = docs
             .query_row((&table.name, &key), |r| r.get(0))
             .optional()?;

@@ -161,7 +161,20 @@ impl Session<'_> {
     }
 
     /// Checks that `stmt` may run here, for this caller.
-    fn check_allowed(&self, stmt: &Statement<'_>, ctx: &ExecCtx) -> Result<(), ExecError> {
+    fn check_allowed(
+        &self,
+        sql: &str,
+        stmt: &Statement<'_>,
+        ctx: &ExecCtx,
+    ) -> Result<(), ExecError> {
+        // A savepoint lives on its connection: one opened on a reader would
+        // be lost when the transaction moves to the writer at its first
+        // write. Savepoints are for writing, so they start on the writer.
+        if self.role == Role::Reader
+            && super::classify::first_keyword(sql).eq_ignore_ascii_case("SAVEPOINT")
+        {
+            return Err(ExecError::NeedsWriter);
+        }
         if stmt.readonly() {
             return Ok(());
         }
@@ -185,7 +198,7 @@ impl Session<'_> {
             .as_deref()
             .ok_or_else(|| SqlError::new("SQL_NOT_FOUND", "The statement has no SQL text"))?;
         let mut prepared = self.prepare(sql)?;
-        self.check_allowed(&prepared, ctx)?;
+        self.check_allowed(sql, &prepared, ctx)?;
         bind_args(&mut prepared, stmt)?;
         let readonly = prepared.readonly();
         self.captured(sql, readonly, || {
@@ -351,8 +364,8 @@ impl Session<'_> {
             let Some(mut stmt) = next else {
                 return Ok(());
             };
-            self.check_allowed(&stmt, ctx)?;
             let text = stmt.expanded_sql().unwrap_or_default();
+            self.check_allowed(&text, &stmt, ctx)?;
             let readonly = stmt.readonly();
             self.captured(&text, readonly, || {
                 let mut rows = stmt.raw_query();
