@@ -379,6 +379,11 @@ impl Capture {
         }
         let outcome = self.txn_outcome.swap(0, Ordering::Relaxed);
         let committed = outcome & TXN_COMMITTED != 0 && outcome & TXN_ROLLED_BACK == 0;
+        if !committed {
+            // The schema cookie went back with the rollback; later changes
+            // may bring it to the remembered value again.
+            self.schema_cookie.set(None);
+        }
         self.cache
             .borrow_mut()
             .settle(committed, &self.metrics, self.staged_source.get());
@@ -388,6 +393,7 @@ impl Capture {
     /// A `ROLLBACK TO` may have undone documents written earlier in the
     /// open transaction: do not cache them at commit.
     pub fn savepoint_rolled_back(&self) {
+        self.schema_cookie.set(None);
         self.cache.borrow_mut().forget_staged_values();
     }
 
@@ -581,9 +587,10 @@ impl Capture {
                 let mut values: Vec<&Value> = Vec::new();
                 for col in &info.columns {
                     let pk_index = info.pk.iter().position(|p| p == col);
+                    // The document's value first: the key text cannot tell -0.0 from 0.0.
                     match (view.cols.get(col), pk_index) {
-                        (_, Some(p)) => values.push(&key_values[p]),
-                        (Some((_, v)), None) => values.push(v),
+                        (Some((_, v)), _) => values.push(v),
+                        (None, Some(p)) => values.push(&key_values[p]),
                         (None, None) => continue,
                     }
                     names.push(quote_ident(col));
