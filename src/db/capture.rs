@@ -91,7 +91,7 @@ pub enum Applied {
 }
 
 /// Bumped when the capture triggers change, so that they are reinstalled.
-const TRIGGER_FORMAT: &str = "triggers v3";
+const TRIGGER_FORMAT: &str = "triggers v4";
 
 /// Capture triggers per table: after insert/update/delete (always), and
 /// before insert/update (tables with UNIQUE indexes besides the key).
@@ -857,19 +857,19 @@ impl Capture {
         let t = quote_ident(table);
         let lit = quote_text(table);
         let (new_key, old_key) = (key_expr(pk, "NEW."), key_expr(pk, "OLD."));
-        // Not `INSERT OR IGNORE`: the conflict clause of the statement that
-        // fires a trigger (`INSERT OR REPLACE`, an UPSERT) overrides the one
-        // inside it, so the triggers avoid conflicts instead.
+        // `ON CONFLICT DO NOTHING`, not `INSERT OR IGNORE`: the conflict
+        // clause of the statement that fires a trigger (`INSERT OR REPLACE`,
+        // `OR ROLLBACK`) overrides an `OR` clause inside it, not an upsert.
+        // (A `NOT EXISTS` on the target table would make SQLite copy the
+        // rows through a temporary table on every firing.)
         let record = |keys: &[&str]| {
-            let keys = keys
-                .iter()
-                .map(|k| format!("SELECT {k} AS k"))
-                .collect::<Vec<_>>()
-                .join(" UNION ");
-            format!(
-                "INSERT INTO _outpost_pending (tbl, pk) SELECT {lit}, k FROM ({keys}) AS x
-                 WHERE NOT EXISTS (SELECT 1 FROM _outpost_pending AS p WHERE p.tbl = {lit} AND p.pk = x.k);"
-            )
+            keys.iter()
+                .map(|k| {
+                    format!(
+                        "INSERT INTO _outpost_pending (tbl, pk) VALUES ({lit}, {k}) ON CONFLICT DO NOTHING;"
+                    )
+                })
+                .collect::<String>()
         };
         // `REPLACE` deletes rows that conflict on another UNIQUE index
         // without firing delete triggers (unless recursive_triggers is on,
@@ -883,9 +883,8 @@ impl Capture {
                     .collect::<Vec<_>>()
                     .join(" AND ");
                 format!(
-                    "INSERT INTO _outpost_pending (tbl, pk) SELECT DISTINCT {lit}, {key} FROM {t} AS o
-                     WHERE {same} AND NOT EXISTS (SELECT 1 FROM _outpost_pending AS p
-                       WHERE p.tbl = {lit} AND p.pk = {key});",
+                    "INSERT INTO _outpost_pending (tbl, pk) SELECT {lit}, {key} FROM {t} AS o
+                     WHERE {same} ON CONFLICT DO NOTHING;",
                     key = key_expr(pk, "o.")
                 )
             })
