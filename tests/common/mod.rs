@@ -139,6 +139,23 @@ impl Server {
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Sends SIGKILL (no chance to flush, checkpoint or close anything) and
+    /// reaps the process.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        wait_exit(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// Starts a new `outpost serve` on this server's data dir (killing this
+    /// process first if it is still running) and waits for its READY line.
+    pub fn restart(mut self, opts: Options<'_>) -> Server {
+        if self.alive() {
+            self.kill();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Server::start_in(dir, opts)
+    }
 }
 
 impl Drop for Server {
