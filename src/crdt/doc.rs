@@ -504,3 +504,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod compaction_tests {
+    use super::*;
+
+    /// Past `compact_above`, a local write drops the entries of nodes that
+    /// win nothing; below it, it keeps them. The row is the same either way.
+    #[test]
+    fn compaction_drops_only_losing_origins_at_the_bound() {
+        let row = |v: i64| {
+            vec![
+                ("k".to_string(), Value::Integer(1)),
+                ("v".to_string(), Value::Integer(v)),
+            ]
+        };
+        let build = |compact_above: usize| {
+            let target = RowDoc::new(1000);
+            for origin in 1..=20u64 {
+                let writer = RowDoc::new(origin);
+                writer.apply(&target.encode()).unwrap();
+                let change = writer
+                    .view()
+                    .unwrap()
+                    .diff(Some(&row(origin as i64)))
+                    .unwrap();
+                let update = writer
+                    .write_local(
+                        Stamp {
+                            hlc: origin,
+                            origin,
+                        },
+                        &change,
+                        usize::MAX,
+                    )
+                    .unwrap();
+                target.apply(&update).unwrap();
+            }
+            let change = target.view().unwrap().diff(Some(&row(-1))).unwrap();
+            target
+                .write_local(
+                    Stamp {
+                        hlc: 100,
+                        origin: 1000,
+                    },
+                    &change,
+                    compact_above,
+                )
+                .unwrap();
+            target
+        };
+        let kept = build(usize::MAX);
+        let compacted = build(64);
+        assert_eq!(kept.view().unwrap().cols, compacted.view().unwrap().cols);
+        assert_eq!(kept.slots().unwrap().len(), 21);
+        // Origin 1 still wins column k (its first write); the others lost everything.
+        assert!(
+            compacted.slots().unwrap().len() <= 2,
+            "{}",
+            compacted.slots().unwrap().len()
+        );
+        assert!(compacted.encode().len() < kept.encode().len());
+    }
+}

@@ -1059,3 +1059,37 @@ pub(crate) fn table_columns(
     pk.sort();
     Ok((columns, pk.into_iter().map(|(_, n)| n).collect()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> (String, String) {
+        ("t".to_string(), i.to_string())
+    }
+
+    #[test]
+    fn doc_cache_stays_within_its_byte_bound() {
+        let metrics = Metrics::new();
+        let mut cache = DocCache::new(1000);
+        for i in 0..100 {
+            cache.insert(key(i), vec![0u8; 100].into());
+            assert!(cache.bytes <= 1000, "{} bytes cached", cache.bytes);
+        }
+        assert_eq!(cache.entries.len(), 10, "exactly the bound's worth");
+        assert!(cache.get(&key(99)).is_some() && cache.get(&key(0)).is_none());
+        // Larger than the whole cache: not cached at all.
+        cache.insert(key(1000), vec![0u8; 1001].into());
+        assert!(cache.get(&key(1000)).is_none());
+        // Staged documents are invisible until their transaction commits...
+        cache.stage(key(99), vec![1u8; 10].into());
+        assert!(cache.get(&key(99)).is_none());
+        cache.settle(true, &metrics, "local");
+        assert_eq!(cache.get(&key(99)).unwrap()[0], 1);
+        // ...and dropped if it rolls back.
+        cache.stage(key(98), vec![2u8; 10].into());
+        cache.settle(false, &metrics, "local");
+        assert!(cache.get(&key(98)).is_none());
+        assert!(cache.bytes <= 1000);
+    }
+}
