@@ -55,12 +55,18 @@ pub enum CaptureError {
     NoPrimaryKey(String),
     #[error("bad row key {0}")]
     Key(String),
+    /// COMMIT itself failed (e.g. a deferred foreign key): not capture's fault.
+    #[error("{0}")]
+    Commit(rusqlite::Error),
     #[error("{given} entries in one apply call; crdt.max_apply_batch is {max}")]
     BatchTooLarge { given: usize, max: usize },
 }
 
 impl From<CaptureError> for SqlError {
     fn from(e: CaptureError) -> Self {
+        if let CaptureError::Commit(e) = e {
+            return SqlError::from(e);
+        }
         SqlError::new(
             "OUTPOST_CAPTURE",
             format!("change capture failed, the transaction was not committed: {e}"),
@@ -149,7 +155,22 @@ pub(crate) fn key_expr(pk: &[String], prefix: &str) -> String {
         .join("||','||")
 }
 
-fn where_pk(pk: &[String]) -> String {
+/// `"a", "b"`: columns quoted for SQL.
+pub(crate) fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The schema cookie: changes with every schema change (cheap to read).
+fn schema_cookie(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA schema_version")?
+        .query_row([], |r| r.get(0))
+}
+
+pub(crate) fn where_pk(pk: &[String]) -> String {
     pk.iter()
         .enumerate()
         .map(|(i, c)| format!("{} IS ?{}", quote_ident(c), i + 1))
@@ -350,9 +371,21 @@ impl Capture {
     /// Encodes pending changes in a transaction of its own (the periodic
     /// sweep for changes made by other programs). Returns the rows encoded.
     pub fn sweep(&self, conn: &Connection) -> Result<usize, CaptureError> {
+        // Most sweeps find nothing: do not take the write lock for them.
+        if !self.has_pending(conn)? && self.schema_cookie.get() == Some(schema_cookie(conn)?) {
+            return Ok(0);
+        }
         conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.flush_and_commit(conn)
+    }
+
+    /// Encodes the open transaction's pending changes and commits it; on
+    /// failure rolls it back. Either way the transaction is over after it.
+    pub fn flush_and_commit(&self, conn: &Connection) -> Result<usize, CaptureError> {
         let result = self.flush(conn).and_then(|n| {
-            conn.execute_batch("COMMIT")?;
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut commit| commit.raw_execute())
+                .map_err(CaptureError::Commit)?;
             Ok(n)
         });
         if result.is_err() && !conn.is_autocommit() {
@@ -378,6 +411,9 @@ impl Capture {
             return;
         }
         let outcome = self.txn_outcome.swap(0, Ordering::Relaxed);
+        if outcome == 0 {
+            return; // no transaction ended since the last call
+        }
         let committed = outcome & TXN_COMMITTED != 0 && outcome & TXN_ROLLED_BACK == 0;
         if !committed {
             // The schema cookie went back with the rollback; later changes
@@ -769,15 +805,11 @@ impl Capture {
     }
 
     fn reconcile_if_schema_changed(&self, conn: &Connection) -> Result<(), CaptureError> {
-        let cookie: i64 = conn
-            .prepare_cached(&self.sql.text("PRAGMA schema_version"))?
-            .query_row([], |r| r.get(0))?;
-        if self.schema_cookie.get() == Some(cookie) {
+        if self.schema_cookie.get() == Some(schema_cookie(conn)?) {
             return Ok(());
         }
         self.reconcile(conn)?;
-        let cookie: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
-        self.schema_cookie.set(Some(cookie));
+        self.schema_cookie.set(Some(schema_cookie(conn)?));
         Ok(())
     }
 
@@ -790,7 +822,9 @@ impl Capture {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut tables = HashMap::new();
-        for (name, sql) in user_tables(conn)? {
+        let existing = user_tables(conn)?;
+        for (name, sql) in &existing {
+            let (name, sql) = (name.clone(), sql.clone());
             if !self.config.covers(&name) {
                 continue;
             }
@@ -813,11 +847,7 @@ impl Capture {
             }
             let select_row = self.sql.text(&format!(
                 "SELECT {} FROM {} WHERE {}",
-                columns
-                    .iter()
-                    .map(|c| quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                column_list(&columns),
                 quote_ident(&name),
                 where_pk(&pk)
             ));
@@ -830,7 +860,7 @@ impl Capture {
                 },
             );
         }
-        let existing: HashSet<String> = user_tables(conn)?.into_iter().map(|(n, _)| n).collect();
+        let existing: HashSet<String> = existing.into_iter().map(|(n, _)| n).collect();
         for name in installed.keys() {
             if tables.contains_key(name) {
                 continue;

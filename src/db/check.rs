@@ -16,7 +16,7 @@ use std::path::Path;
 use libsql_sys::rusqlite::{self, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use super::capture::{key_expr, quote_ident, table_columns};
+use super::capture::{column_list, key_expr, quote_ident, table_columns, where_pk};
 use crate::crdt::{parse_key, RowDoc, RowView, Value};
 
 /// Problems past this many are counted, not listed.
@@ -145,12 +145,7 @@ fn load_view(bytes: &[u8]) -> Result<RowView, String> {
 
 /// Every row equals its document.
 fn check_rows(conn: &Connection, table: &Table, report: &mut CheckReport) -> rusqlite::Result<()> {
-    let cols = table
-        .columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let cols = column_list(&table.columns);
     let sql = format!(
         "SELECT {key}, {cols} FROM {t}",
         key = key_expr(&table.pk, ""),
@@ -209,13 +204,7 @@ fn check_documents(
     let exists = format!(
         "SELECT 1 FROM {} WHERE {}",
         quote_ident(&table.name),
-        table
-            .pk
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} IS ?{}", quote_ident(c), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ")
+        where_pk(&table.pk)
     );
     let mut exists = conn.prepare(&exists)?;
     let mut docs = conn.prepare("SELECT pk, doc FROM _outpost_rows WHERE tbl = ?1")?;
@@ -331,19 +320,9 @@ fn digest_of(conn: &Connection, tables: &[Table]) -> rusqlite::Result<String> {
         hash.update([0]);
         let sql = format!(
             "SELECT {} FROM {} ORDER BY {}",
-            table
-                .columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", "),
+            column_list(&table.columns),
             quote_ident(&table.name),
-            table
-                .pk
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ")
+            column_list(&table.pk)
         );
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query([])?;

@@ -287,28 +287,17 @@ impl Session<'_> {
         capture: &Capture,
         run: impl FnOnce() -> Result<T, ExecError>,
     ) -> Result<T, ExecError> {
-        let exec = |sql: &str| -> Result<(), SqlError> {
-            self.conn
-                .prepare_cached(sql)
-                .and_then(|mut s| s.raw_execute())
-                .map(|_| ())
-                .map_err(SqlError::from)
-        };
-        exec("BEGIN IMMEDIATE")?;
+        self.conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.raw_execute())
+            .map_err(SqlError::from)?;
         let output = run();
         if !self.conn.is_autocommit() {
-            let committed = self
-                .guard
-                .internal(|| capture.flush(self.conn))
-                .map_err(SqlError::from)
-                .and_then(|_| exec("COMMIT"));
-            if let Err(e) = committed {
-                if !self.conn.is_autocommit() {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                }
-                capture.settle(self.conn);
-                return Err(e.into());
-            }
+            // Commits what the statement left (as autocommit would), or
+            // rolls back if its changes cannot be captured.
+            self.guard
+                .internal(|| capture.flush_and_commit(self.conn))
+                .map_err(SqlError::from)?;
         }
         capture.settle(self.conn);
         output
