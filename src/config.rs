@@ -33,6 +33,8 @@ pub struct Config {
     pub db: DbConfig,
     pub limits: Limits,
     pub crdt: CrdtConfig,
+    pub sync: SyncConfig,
+    pub feed: FeedConfig,
     pub log: LogConfig,
 }
 
@@ -142,6 +144,109 @@ impl CrdtConfig {
     /// Whether `table` is named explicitly (so it must have a primary key).
     pub fn names(&self, table: &str) -> bool {
         self.replicate.iter().any(|t| t == table)
+    }
+}
+
+/// Replication between nodes (see src/sync/): the sync listener, the
+/// peers, mutual TLS against the cluster CA, and the protocol's bounds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Address of the node-to-node HTTPS listener (mutual TLS).
+    pub listen: String,
+    /// Peers to connect to, e.g. "https://10.0.0.2:8443".
+    pub peers: Vec<String>,
+    /// Cluster CA certificate (PEM). Default: `<data_dir>/tls/ca.pem`.
+    pub ca_cert: Option<PathBuf>,
+    /// This node's certificate (PEM, signed by the CA). Default: `<data_dir>/tls/node.pem`.
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM). Default: `<data_dir>/tls/node.key`.
+    pub key: Option<PathBuf>,
+    /// Most entries in one batch sent to a peer.
+    pub batch_entries: usize,
+    /// Most update bytes in one batch sent to a peer.
+    pub batch_bytes: usize,
+    /// Batches sent to a peer and not yet acknowledged, at most.
+    pub window_batches: usize,
+    /// First delay before reconnecting to a peer; doubles up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// How often an idle link says it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A link silent this long is closed and reconnected.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+    /// Most peer connections accepted by the sync listener at once.
+    pub max_inbound: usize,
+    /// Largest sync message accepted, bytes.
+    pub max_message_bytes: usize,
+    /// Log entries acknowledged by every peer are deleted this often ("0s": never).
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: Duration,
+    /// A peer not heard from for this long no longer holds back log
+    /// compaction; if it returns it bootstraps from a snapshot.
+    #[serde(with = "humantime_serde")]
+    pub peer_retention: Duration,
+}
+
+impl SyncConfig {
+    /// The CA certificate, node certificate and key in force.
+    pub fn tls_paths(&self, data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = data_dir.join("tls");
+        (
+            self.ca_cert.clone().unwrap_or_else(|| dir.join("ca.pem")),
+            self.cert.clone().unwrap_or_else(|| dir.join("node.pem")),
+            self.key.clone().unwrap_or_else(|| dir.join("node.key")),
+        )
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            peers: Vec::new(),
+            ca_cert: None,
+            cert: None,
+            key: None,
+            batch_entries: 500,
+            batch_bytes: 1024 * 1024,
+            window_batches: 4,
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(10),
+            max_inbound: 64,
+            max_message_bytes: 8 * 1024 * 1024,
+            compact_interval: Duration::from_secs(60),
+            peer_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The live change feed for thin clients (WebSocket and server-sent events).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Commits a subscriber may fall behind before it gets "lagged, resync"
+    /// and is disconnected.
+    pub buffer: usize,
+    /// Most subscribers at once.
+    pub max_subscribers: usize,
+    /// Most tables one subscription names.
+    pub max_tables: usize,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 1024,
+            max_subscribers: 1024,
+            max_tables: 64,
+        }
     }
 }
 
@@ -316,6 +421,14 @@ impl Config {
             ("crdt.compact_doc_bytes", self.crdt.compact_doc_bytes),
             ("crdt.max_apply_batch", self.crdt.max_apply_batch),
             ("crdt.max_update_bytes", self.crdt.max_update_bytes),
+            ("sync.batch_entries", self.sync.batch_entries),
+            ("sync.batch_bytes", self.sync.batch_bytes),
+            ("sync.window_batches", self.sync.window_batches),
+            ("sync.max_inbound", self.sync.max_inbound),
+            ("sync.max_message_bytes", self.sync.max_message_bytes),
+            ("feed.buffer", self.feed.buffer),
+            ("feed.max_subscribers", self.feed.max_subscribers),
+            ("feed.max_tables", self.feed.max_tables),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -324,6 +437,33 @@ impl Config {
         }
         if self.limits.query_timeout.is_zero() {
             return invalid("limits.query_timeout must be greater than 0".into());
+        }
+        for (name, d) in [
+            ("sync.retry_min", self.sync.retry_min),
+            ("sync.heartbeat", self.sync.heartbeat),
+            ("sync.peer_timeout", self.sync.peer_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.sync.retry_max < self.sync.retry_min {
+            return invalid("sync.retry_max must be at least sync.retry_min".into());
+        }
+        if self.sync.peer_timeout <= self.sync.heartbeat {
+            return invalid("sync.peer_timeout must be longer than sync.heartbeat".into());
+        }
+        if self.sync.batch_bytes + 64 * 1024 > self.sync.max_message_bytes {
+            return invalid(
+                "sync.max_message_bytes must exceed sync.batch_bytes by at least 64 KiB".into(),
+            );
+        }
+        for peer in &self.sync.peers {
+            if !peer.starts_with("https://") {
+                return invalid(format!(
+                    "sync.peers: {peer:?} must be an https:// URL (peers speak mutual TLS)"
+                ));
+            }
         }
         if self.crdt.sweep_interval.is_zero() {
             return invalid("crdt.sweep_interval must be greater than 0".into());
@@ -342,6 +482,7 @@ impl Config {
         for (name, addr) in [
             ("api.listen", &self.api.listen),
             ("admin.listen", &self.admin.listen),
+            ("sync.listen", &self.sync.listen),
         ] {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::Invalid(format!("{name} = {addr:?}: {e}")))?;
@@ -376,7 +517,7 @@ fn apply_env_overrides(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     const SECTIONS: [&str; 8] = [
-        "node", "api", "admin", "auth", "db", "limits", "crdt", "log",
+        "node", "api", "admin", "auth", "db", "limits", "crdt", "sync", "feed", "log",
     ];
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("OUTPOST_") else {

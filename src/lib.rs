@@ -10,7 +10,8 @@
 //!   of reader threads, statement execution and the SQL authorizer;
 //! - [`api`]: the actix-web listeners — Hrana over HTTP/WebSocket and admin;
 //! - [`auth`]: Ed25519 JWTs (keys, minting, verification);
-//! - [`metrics`]: the Prometheus registry and every metric name.
+//! - [`metrics`]: the Prometheus registry and every metric name;
+//! - [`sync`]: replication between nodes (sans-IO core, mutual-TLS transport).
 
 pub mod api;
 pub mod auth;
@@ -20,3 +21,4 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod server;
+pub mod sync;

@@ -23,6 +23,7 @@ pub mod check;
 pub mod classify;
 pub mod conn;
 mod dispatch;
+pub mod events;
 pub mod exec;
 mod readers;
 mod writer;

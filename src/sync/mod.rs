@@ -1,0 +1,10 @@
+//! Replication between nodes.
+//!
+//! - [`vv`]: version vectors (what a node holds, per origin);
+//! - [`proto`]: the messages nodes exchange, and their wire encoding;
+//! - [`core`]: the sans-IO replication state machine (no sockets, no clock,
+//!   no randomness): messages and ticks in, messages and effects out;
+//! - [`tls`]: the cluster CA, node certificates and mutual-TLS configs;
+//! - [`transport`]: the HTTPS/WebSocket driver that runs the core.
+
+pub mod vv;
