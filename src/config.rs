@@ -516,7 +516,7 @@ fn apply_env_overrides(
     tree: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    const SECTIONS: [&str; 8] = [
+    const SECTIONS: [&str; 10] = [
         "node", "api", "admin", "auth", "db", "limits", "crdt", "sync", "feed", "log",
     ];
     for (name, raw) in env {
