@@ -5,7 +5,7 @@
 //! run several servers in one process.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -15,6 +15,9 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub streams_open: IntGauge,
     pub ws_connections_open: IntGauge,
+    pub feed_subscribers: IntGauge,
+    pub feed_events_total: IntCounter,
+    pub feed_lagged_total: IntCounter,
     pub writer_queue_depth: IntGauge,
     pub reader_queue_depth: IntGauge,
     pub group_commit_size: Histogram,
@@ -28,6 +31,15 @@ pub struct Metrics {
     pub doc_cache_hits_total: IntCounter,
     pub doc_cache_misses_total: IntCounter,
     pub tables_replicated: IntGauge,
+    pub sync_rejected_total: IntCounterVec,
+    pub sync_entries_sent_total: IntCounterVec,
+    pub sync_entries_received_total: IntCounterVec,
+    pub sync_bytes_sent_total: IntCounterVec,
+    pub sync_bytes_received_total: IntCounterVec,
+    pub sync_lag_seconds: HistogramVec,
+    pub sync_peer_state: IntGaugeVec,
+    pub sync_paused: IntGaugeVec,
+    pub log_compacted_entries_total: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -61,6 +73,21 @@ impl Metrics {
             ws_connections_open: IntGauge::new(
                 "outpost_ws_connections_open",
                 "Open Hrana WebSocket connections.",
+            )
+            .expect("valid metric"),
+            feed_subscribers: IntGauge::new(
+                "outpost_feed_subscribers",
+                "Open change-feed subscriptions (server-sent events and WebSocket).",
+            )
+            .expect("valid metric"),
+            feed_events_total: IntCounter::new(
+                "outpost_feed_events_total",
+                "Change events sent to feed subscribers (one per row change per subscriber).",
+            )
+            .expect("valid metric"),
+            feed_lagged_total: IntCounter::new(
+                "outpost_feed_lagged_total",
+                "Feed subscribers disconnected because they fell more than feed.buffer commits behind.",
             )
             .expect("valid metric"),
             writer_queue_depth: IntGauge::new(
@@ -143,6 +170,79 @@ impl Metrics {
                 "Tables whose changes are captured for replication.",
             )
             .expect("valid metric"),
+            sync_rejected_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_sync_rejected_total",
+                    "Remote changes refused and quarantined, by sending peer and reason.",
+                ),
+                &["peer", "reason"],
+            )
+            .expect("valid metric"),
+            sync_entries_sent_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_sync_entries_sent_total",
+                    "Change-log entries sent to a peer.",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            sync_entries_received_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_sync_entries_received_total",
+                    "Change-log entries received from a peer (applied, duplicate or rejected).",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            sync_bytes_sent_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_sync_bytes_sent_total",
+                    "Sync message bytes sent to a peer.",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            sync_bytes_received_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_sync_bytes_received_total",
+                    "Sync message bytes received from a peer.",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            sync_lag_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "outpost_sync_lag_seconds",
+                    "Time from a change's commit on its origin node to its apply here, by the peer it came from.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0,
+                ]),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            sync_peer_state: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_sync_peer_state",
+                    "1 for the state each peer link is in (connecting, connected, backing_off, paused).",
+                ),
+                &["peer", "state"],
+            )
+            .expect("valid metric"),
+            sync_paused: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_sync_paused",
+                    "1 while sync from a peer is paused, with the reason (e.g. schema).",
+                ),
+                &["peer", "reason"],
+            )
+            .expect("valid metric"),
+            log_compacted_entries_total: IntCounter::new(
+                "outpost_log_compacted_entries_total",
+                "Change-log entries deleted because every peer had acknowledged them.",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -155,6 +255,9 @@ impl Metrics {
             Box::new(self.http_request_duration_seconds.clone()),
             Box::new(self.streams_open.clone()),
             Box::new(self.ws_connections_open.clone()),
+            Box::new(self.feed_subscribers.clone()),
+            Box::new(self.feed_events_total.clone()),
+            Box::new(self.feed_lagged_total.clone()),
             Box::new(self.writer_queue_depth.clone()),
             Box::new(self.reader_queue_depth.clone()),
             Box::new(self.group_commit_size.clone()),
@@ -168,6 +271,15 @@ impl Metrics {
             Box::new(self.doc_cache_hits_total.clone()),
             Box::new(self.doc_cache_misses_total.clone()),
             Box::new(self.tables_replicated.clone()),
+            Box::new(self.sync_rejected_total.clone()),
+            Box::new(self.sync_entries_sent_total.clone()),
+            Box::new(self.sync_entries_received_total.clone()),
+            Box::new(self.sync_bytes_sent_total.clone()),
+            Box::new(self.sync_bytes_received_total.clone()),
+            Box::new(self.sync_lag_seconds.clone()),
+            Box::new(self.sync_peer_state.clone()),
+            Box::new(self.sync_paused.clone()),
+            Box::new(self.log_compacted_entries_total.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

@@ -1470,7 +1470,7 @@ async fn apply_shuffled(
         let (batch, tail) = rest.split_at(n);
         rest = tail;
         let outcomes = db
-            .apply(batch.to_vec())
+            .apply(batch.to_vec(), "test")
             .await
             .map_err(|e| format!("apply failed: {}: {}", e.code, e.message))?;
         if outcomes.len() != batch.len() {
@@ -1598,7 +1598,7 @@ fn replica_converges(
         // All of it again: every entry is a duplicate now.
         let again = b
             .db()
-            .apply(entries.clone())
+            .apply(entries.clone(), "test")
             .await
             .map_err(|e| e.message.clone())?;
         if let Some((e, o)) = entries
@@ -1794,7 +1794,7 @@ fn run_sql(rt: &tokio::runtime::Runtime, node: &Node, sql: &str) {
 }
 
 fn apply(rt: &tokio::runtime::Runtime, node: &Node, entries: &[LogEntry]) -> Vec<Applied> {
-    rt.block_on(node.db().apply(entries.to_vec()))
+    rt.block_on(node.db().apply(entries.to_vec(), "test"))
         .unwrap_or_else(|e| panic!("apply: {}: {}", e.code, e.message))
 }
 
@@ -1878,7 +1878,6 @@ fn rejected_entries_give_a_reason_and_the_rest_of_the_batch_applies() {
         (bad(2, &|e| e.key = "'open".into()), "row key"),
         (bad(3, &|e| e.key = "1,2".into()), "primary key"),
         (bad(4, &|e| e.update = vec![0; 600]), "max_update_bytes"),
-        (bad(5, &|e| e.schema_version = 1), "schema version"),
         (bad(6, &|e| e.origin = own), "own origin"),
         (bad(7, &|e| e.update = vec![0xff; 40]), "update"),
         (bad(8, &|e| e.origin = 0), "out of range"),
@@ -1916,6 +1915,33 @@ fn rejected_entries_give_a_reason_and_the_rest_of_the_batch_applies() {
 }
 
 #[test]
+fn an_entry_from_a_newer_schema_defers_the_rest_of_the_batch() {
+    let rt = runtime();
+    let ddl = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)";
+    let (_a, log) = source_log(
+        &rt,
+        ddl,
+        "INSERT INTO t VALUES (1, 'one'); INSERT INTO t VALUES (2, 'two'); INSERT INTO t VALUES (3, 'three')",
+    );
+    assert_eq!(log.len(), 3, "{log:?}");
+    let b = Node::new(KNOBS, |_| {});
+    run_sql(&rt, &b, ddl);
+    let mut newer = log.clone();
+    newer[1].schema_version = 1;
+    let outcomes = apply(&rt, &b, &newer);
+    assert_eq!(outcomes[0], Applied::Applied);
+    for outcome in &outcomes[1..] {
+        assert!(
+            matches!(outcome, Applied::Deferred(why) if why.contains("schema version")),
+            "{outcomes:?}"
+        );
+    }
+    // Nothing was quarantined: the same entries apply once the schema matches.
+    assert_eq!(apply(&rt, &b, &log[1..]), vec![Applied::Applied; 2]);
+    assert!(check_running(&b).is_clean());
+}
+
+#[test]
 fn a_batch_larger_than_max_apply_batch_is_refused_whole() {
     let rt = runtime();
     let ddl = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)";
@@ -1926,7 +1952,7 @@ fn a_batch_larger_than_max_apply_batch_is_refused_whole() {
     );
     let b = Node::new(KNOBS, |c| c.crdt.max_apply_batch = 2);
     run_sql(&rt, &b, ddl);
-    let refused = rt.block_on(b.db().apply(log.clone()));
+    let refused = rt.block_on(b.db().apply(log.clone(), "test"));
     assert!(
         refused
             .as_ref()

@@ -280,26 +280,26 @@ impl RowDoc {
 
     /// Records what the table says about the row (`row`: its columns, or
     /// None if absent) as a local change stamped `stamp`, and returns the
-    /// yrs update that carries it — None when the document already agrees.
+    /// yrs update that carries it with the change's `live` (Some(true):
+    /// inserted, Some(false): deleted, None: updated) — None when the
+    /// document already agrees.
     pub fn record_local(
         &self,
         stamp: Stamp,
         row: Option<&[(String, Value)]>,
         compact_above: usize,
-    ) -> Result<Option<Vec<u8>>, DocError> {
+    ) -> Result<Option<(Vec<u8>, Option<bool>)>, DocError> {
         let slots = self.slots()?;
         let mut view = RowView::default();
         for (_, slot) in &slots {
             view.join(slot);
         }
         match view.diff(row) {
-            Some(change) => Ok(Some(self.write_change(
-                stamp,
-                &change,
-                compact_above,
-                slots,
-                view,
-            ))),
+            Some(change) => {
+                let live = change.live;
+                let update = self.write_change(stamp, &change, compact_above, slots, view);
+                Ok(Some((update, live)))
+            }
             None => Ok(None),
         }
     }

@@ -33,10 +33,12 @@ use std::time::Instant;
 
 use libsql_sys::rusqlite::{self, params, Connection, OptionalExtension};
 
+use super::events::{ChangeEvent, Events, Op};
 use crate::config::CrdtConfig;
 use crate::crdt::{parse_key, DocError, Hlc, RowDoc, RowView, Stamp, Value};
 use crate::error::SqlError;
 use crate::metrics::Metrics;
+use crate::sync::vv::VersionVector;
 
 /// The schema version every entry carries until migrations exist (issue 10).
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -92,8 +94,31 @@ pub enum Applied {
     Applied,
     /// Already in the log: nothing changed.
     Duplicate,
-    /// Not applied, with the reason (the rest of the batch still applies).
+    /// Not applied and quarantined, with the reason (the rest of the batch
+    /// still applies).
     Rejected(String),
+    /// Not applied and not quarantined: written under a newer schema than
+    /// this node's. Every later entry of the batch is deferred too, so that
+    /// nothing of that origin is applied past the gap; the sender keeps the
+    /// entries and sends them again once this node has migrated.
+    Deferred(String),
+}
+
+/// Why an entry is refused: a stable code (the metric label, the
+/// quarantine's `code` column) and a message for the operator.
+#[derive(Debug, Clone)]
+struct Rejection {
+    code: &'static str,
+    message: String,
+}
+
+impl Rejection {
+    fn new(code: &'static str, message: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// Bumped when the capture triggers change, so that they are reinstalled.
@@ -123,6 +148,12 @@ pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
              origin INTEGER NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL,
              tbl TEXT NOT NULL, pk TEXT NOT NULL, schema_version INTEGER NOT NULL,
              \"update\" BLOB NOT NULL, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS _outpost_quarantine (
+             origin INTEGER NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL,
+             tbl TEXT NOT NULL, pk TEXT NOT NULL, schema_version INTEGER NOT NULL,
+             \"update\" BLOB NOT NULL, peer TEXT NOT NULL, code TEXT NOT NULL,
+             reason TEXT NOT NULL, at_ms INTEGER NOT NULL,
+             PRIMARY KEY (origin, seq)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS _outpost_tables (
              tbl TEXT PRIMARY KEY, sql TEXT NOT NULL) WITHOUT ROWID;
          INSERT OR IGNORE INTO _outpost_meta VALUES ('schema_version', 0);",
@@ -304,7 +335,26 @@ pub struct Capture {
     txn_outcome: Arc<AtomicU8>,
     /// Source label of the entries staged by the open transaction.
     staged_source: Cell<&'static str>,
+    /// Changes of the open transaction, announced once it commits.
+    staged_events: RefCell<Vec<ChangeEvent>>,
+    /// A ROLLBACK TO may have undone some of `staged_events`.
+    events_uncertain: Cell<bool>,
+    events: Arc<Events>,
     metrics: Arc<Metrics>,
+}
+
+/// The highest seq per origin in the log and the quarantine.
+pub fn log_vector(conn: &Connection) -> rusqlite::Result<VersionVector> {
+    let mut vv = VersionVector::new();
+    for table in ["_outpost_log", "_outpost_quarantine"] {
+        let sql = format!("SELECT origin, max(seq) FROM {table} GROUP BY origin");
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            vv.observe(row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64);
+        }
+    }
+    Ok(vv)
 }
 
 impl Capture {
@@ -315,8 +365,10 @@ impl Capture {
         conn: &Connection,
         config: &CrdtConfig,
         metrics: Arc<Metrics>,
+        events: Arc<Events>,
     ) -> Result<Capture, CaptureError> {
         create_tables(conn)?;
+        events.reset(log_vector(conn)?);
         let client = client_id(conn)?;
         let schema_version: i64 = conn.query_row(
             "SELECT value FROM _outpost_meta WHERE key = 'schema_version'",
@@ -352,6 +404,9 @@ impl Capture {
             cache: RefCell::new(DocCache::new(config.doc_cache_bytes)),
             txn_outcome,
             staged_source: Cell::new("local"),
+            staged_events: RefCell::new(Vec::new()),
+            events_uncertain: Cell::new(false),
+            events,
             metrics,
         };
         let swept = capture.sweep(conn)?;
@@ -424,12 +479,46 @@ impl Capture {
             .borrow_mut()
             .settle(committed, &self.metrics, self.staged_source.get());
         self.staged_source.set("local");
+        self.announce(conn, committed);
+    }
+
+    /// Publishes the committed transaction's changes (feed, replication).
+    fn announce(&self, conn: &Connection, committed: bool) {
+        let mut staged = std::mem::take(&mut *self.staged_events.borrow_mut());
+        let uncertain = self.events_uncertain.replace(false);
+        if !committed || staged.is_empty() {
+            return;
+        }
+        if uncertain {
+            // Rare: a ROLLBACK TO after a flush. Keep what the log holds.
+            staged.retain(|e| self.has_entry(conn, e.origin, e.seq).unwrap_or(false));
+        }
+        self.events.publish(staged);
+    }
+
+    /// Stages the change event of a stored log entry.
+    fn stage_event(&self, entry: &LogEntry, op: Op, values: impl FnOnce() -> Option<Vec<(String, Value)>>) {
+        let values = if self.events.has_subscribers() && op != Op::Delete {
+            values()
+        } else {
+            None
+        };
+        self.staged_events.borrow_mut().push(ChangeEvent {
+            origin: entry.origin,
+            seq: entry.seq,
+            hlc: entry.hlc,
+            table: entry.table.clone(),
+            key: entry.key.clone(),
+            op,
+            values,
+        });
     }
 
     /// A `ROLLBACK TO` may have undone documents written earlier in the
     /// open transaction: do not cache them at commit.
     pub fn savepoint_rolled_back(&self) {
         self.schema_cookie.set(None);
+        self.events_uncertain.set(true);
         self.cache.borrow_mut().forget_staged_values();
     }
 
@@ -459,8 +548,8 @@ impl Capture {
             };
             let doc = self.load_doc(conn, &table, &key)?;
             let recorded = doc.record_local(stamp, row.as_deref(), self.config.compact_doc_bytes);
-            let update = match recorded {
-                Ok(Some(update)) => update,
+            let (update, live) = match recorded {
+                Ok(Some(recorded)) => recorded,
                 Ok(None) => continue,
                 Err(source) => return Err(CaptureError::Doc { table, key, source }),
             };
@@ -474,6 +563,12 @@ impl Capture {
                 update,
             };
             self.store(conn, &entry, doc.encode())?;
+            let op = match live {
+                Some(true) => Op::Insert,
+                Some(false) => Op::Delete,
+                None => Op::Update,
+            };
+            self.stage_event(&entry, op, || row);
             seq += 1;
             encoded += 1;
         }
@@ -489,10 +584,12 @@ impl Capture {
     /// Applies remote log entries inside the writer's open transaction
     /// (foreign keys off: rows arrive in any order). Each entry is applied
     /// entirely or not at all.
+    /// `peer` names the sender, for the quarantine and the metrics.
     pub fn apply(
         &self,
         conn: &Connection,
         entries: &[LogEntry],
+        peer: &str,
     ) -> Result<Vec<Applied>, CaptureError> {
         if entries.len() > self.config.max_apply_batch {
             return Err(CaptureError::BatchTooLarge {
@@ -505,17 +602,32 @@ impl Capture {
         self.staged_source.set("remote");
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
-            outcomes.push(self.apply_one(conn, entry)?);
+            let outcome = match outcomes.last() {
+                Some(Applied::Deferred(why)) => Applied::Deferred(why.clone()),
+                _ => self.apply_one(conn, entry, peer)?,
+            };
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }
 
-    fn apply_one(&self, conn: &Connection, entry: &LogEntry) -> Result<Applied, CaptureError> {
+    fn apply_one(
+        &self,
+        conn: &Connection,
+        entry: &LogEntry,
+        peer: &str,
+    ) -> Result<Applied, CaptureError> {
         if self.has_entry(conn, entry.origin, entry.seq)? {
             return Ok(Applied::Duplicate);
         }
-        if let Some(reason) = self.reject_reason(entry) {
-            return Ok(Applied::Rejected(reason));
+        if entry.schema_version > self.schema_version {
+            return Ok(Applied::Deferred(format!(
+                "written under schema version {}, this node has {}",
+                entry.schema_version, self.schema_version
+            )));
+        }
+        if let Some(rejection) = self.reject_reason(entry) {
+            return self.quarantine(conn, entry, peer, rejection);
         }
         conn.execute_batch("SAVEPOINT outpost_apply")?;
         match self.apply_in_savepoint(conn, entry) {
@@ -523,10 +635,10 @@ impl Capture {
                 conn.execute_batch("RELEASE outpost_apply")?;
                 Ok(Applied::Applied)
             }
-            Ok(Some(reason)) => {
+            Ok(Some(rejection)) => {
                 conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
                 self.savepoint_rolled_back();
-                Ok(Applied::Rejected(reason))
+                self.quarantine(conn, entry, peer, rejection)
             }
             Err(e) => {
                 conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
@@ -536,34 +648,87 @@ impl Capture {
         }
     }
 
-    fn reject_reason(&self, entry: &LogEntry) -> Option<String> {
+    /// Records a refused entry in `_outpost_quarantine` (kept once; it is
+    /// never applied or forwarded) and counts it.
+    fn quarantine(
+        &self,
+        conn: &Connection,
+        entry: &LogEntry,
+        peer: &str,
+        rejection: Rejection,
+    ) -> Result<Applied, CaptureError> {
+        tracing::warn!(
+            peer,
+            origin = entry.origin,
+            seq = entry.seq,
+            table = %entry.table,
+            reason = rejection.code,
+            "quarantined a remote change: {}",
+            rejection.message
+        );
+        conn.prepare_cached(&self.sql.text(
+            "INSERT OR IGNORE INTO _outpost_quarantine (origin, seq, hlc, tbl, pk,
+                 schema_version, \"update\", peer, code, reason, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        ))?
+        .execute(params![
+            entry.origin as i64,
+            entry.seq as i64,
+            entry.hlc as i64,
+            entry.table,
+            entry.key,
+            entry.schema_version,
+            entry.update,
+            peer,
+            rejection.code,
+            rejection.message,
+            Hlc::now_ms() as i64
+        ])?;
+        self.metrics
+            .sync_rejected_total
+            .with_label_values(&[peer, rejection.code])
+            .inc();
+        Ok(Applied::Rejected(format!(
+            "{}: {}",
+            rejection.code, rejection.message
+        )))
+    }
+
+    fn reject_reason(&self, entry: &LogEntry) -> Option<Rejection> {
         if entry.origin == self.client {
-            return Some("the entry claims this node's own origin".into());
-        }
-        if entry.origin == 0 || entry.origin >= 1 << 53 || entry.seq == 0 {
-            return Some("origin or seq out of range".into());
-        }
-        if entry.update.len() > self.config.max_update_bytes {
-            return Some(format!(
-                "update of {} bytes is larger than crdt.max_update_bytes ({})",
-                entry.update.len(),
-                self.config.max_update_bytes
+            return Some(Rejection::new(
+                "own_origin",
+                "the entry claims this node's own origin",
             ));
         }
-        if entry.schema_version > self.schema_version {
-            return Some(format!(
-                "written under schema version {}, this node has {}",
-                entry.schema_version, self.schema_version
+        if entry.origin == 0 || entry.origin >= 1 << 53 || entry.seq == 0 || entry.seq >= 1 << 62
+        {
+            return Some(Rejection::new("range", "origin or seq out of range"));
+        }
+        if entry.update.len() > self.config.max_update_bytes {
+            return Some(Rejection::new(
+                "too_large",
+                format!(
+                    "update of {} bytes is larger than crdt.max_update_bytes ({})",
+                    entry.update.len(),
+                    self.config.max_update_bytes
+                ),
             ));
         }
         let tables = self.tables.borrow();
         let Some(info) = tables.get(&entry.table) else {
-            return Some(format!("table {:?} is not replicated here", entry.table));
+            return Some(Rejection::new(
+                "table",
+                format!("table {:?} is not replicated here", entry.table),
+            ));
         };
         match parse_key(&entry.key) {
             Ok(values) if values.len() == info.pk.len() => None,
-            Ok(_) => Some("the row key does not match the table's primary key".into()),
-            Err(e) => Some(e.to_string()),
+            Ok(_) => Some(Rejection::new(
+                "key",
+                "the row key does not match the table's primary key",
+            )),
+            Err(e) => Some(Rejection::new("key", e.to_string())),
         }
     }
 
@@ -572,22 +737,36 @@ impl Capture {
         &self,
         conn: &Connection,
         entry: &LogEntry,
-    ) -> Result<Option<String>, CaptureError> {
+    ) -> Result<Option<Rejection>, CaptureError> {
         let tables = self.tables.borrow();
         let info = &tables[&entry.table];
         let doc = self.load_doc(conn, &entry.table, &entry.key)?;
         if let Err(e) = doc.apply(&entry.update) {
-            return Ok(Some(e.to_string()));
+            return Ok(Some(Rejection::new("decode", e.to_string())));
         }
         let view = match doc.view() {
             Ok(view) => view,
-            Err(e) => return Ok(Some(e.to_string())),
+            Err(e) => return Ok(Some(Rejection::new("decode", e.to_string()))),
         };
         self.hlc.borrow_mut().observe(entry.hlc.max(view.max_hlc()));
-        if let Err(e) = self.materialize(conn, info, &entry.table, &entry.key, &view) {
-            return Ok(Some(format!("writing the merged row failed: {e}")));
-        }
+        let op = match self.materialize(conn, info, &entry.table, &entry.key, &view) {
+            Ok(op) => op,
+            Err(e) => {
+                return Ok(Some(Rejection::new(
+                    "constraint",
+                    format!("writing the merged row failed: {e}"),
+                )))
+            }
+        };
         self.store(conn, entry, doc.encode())?;
+        self.stage_event(entry, op, || {
+            let values = info
+                .columns
+                .iter()
+                .filter_map(|c| view.cols.get(c).map(|(_, v)| (c.clone(), v.clone())))
+                .collect();
+            Some(values)
+        });
         // The row now equals its document: nothing to capture for it.
         conn.prepare_cached(
             &self
@@ -606,9 +785,14 @@ impl Capture {
         table: &str,
         key: &str,
         view: &RowView,
-    ) -> Result<(), CaptureError> {
+    ) -> Result<Op, CaptureError> {
         let key_values = parse_key(key).map_err(|e| CaptureError::Key(e.to_string()))?;
         let current = self.read_row(conn, info, table, key)?;
+        let op = match (view.is_live(), &current) {
+            (false, _) => Op::Delete,
+            (true, None) => Op::Insert,
+            (true, Some(_)) => Op::Update,
+        };
         let t = quote_ident(table);
         let where_pk = where_pk(&info.pk);
         match (view.is_live(), current) {
@@ -648,7 +832,7 @@ impl Capture {
                     })
                     .collect();
                 if changed.is_empty() {
-                    return Ok(());
+                    return Ok(op);
                 }
                 let n = key_values.len();
                 let sets = changed
@@ -663,7 +847,7 @@ impl Capture {
                     .execute(rusqlite::params_from_iter(values))?;
             }
         }
-        Ok(())
+        Ok(op)
     }
 
     fn store(&self, conn: &Connection, entry: &LogEntry, doc: Vec<u8>) -> Result<(), CaptureError> {

@@ -73,6 +73,16 @@ impl Events {
         let _ = self.changes.send(committed.into());
     }
 
+    /// Replaces the log vector (at start, read from the database).
+    pub fn reset(&self, vv: VersionVector) {
+        self.log.send_replace(vv);
+    }
+
+    /// Whether any feed subscriber listens (values are only read then).
+    pub fn has_subscribers(&self) -> bool {
+        self.changes.receiver_count() > 0
+    }
+
     /// Every commit from now on; `Err(Lagged)` when the receiver fell more
     /// than the feed capacity behind.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[ChangeEvent]>> {

@@ -129,6 +129,8 @@ pub enum SubmitError {
 pub struct Database {
     /// Commits by the writer so far (see [`LeaseKind::Reader`]).
     commits: Arc<std::sync::atomic::AtomicU64>,
+    /// What the writer announces after each commit (feed, replication).
+    events: Arc<events::Events>,
     writer: writer::WriterHandle,
     readers: readers::ReaderPool,
     path: PathBuf,
@@ -139,15 +141,30 @@ impl Database {
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Database, DbError> {
         let path = config.db_path();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writer =
-            writer::WriterHandle::start(&path, config, Arc::clone(&metrics), Arc::clone(&commits))?;
+        let events = Arc::new(events::Events::new(
+            config.feed.buffer,
+            crate::sync::vv::VersionVector::new(),
+        ));
+        let writer = writer::WriterHandle::start(
+            &path,
+            config,
+            Arc::clone(&metrics),
+            Arc::clone(&commits),
+            Arc::clone(&events),
+        )?;
         let readers = readers::ReaderPool::start(&path, config, metrics, Arc::clone(&commits))?;
         Ok(Database {
             commits,
+            events,
             writer,
             readers,
             path,
         })
+    }
+
+    /// Committed changes (live feed) and the log's version vector (sync).
+    pub fn events(&self) -> &Arc<events::Events> {
+        &self.events
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -218,13 +235,18 @@ impl Database {
 
     /// Merges remote change-log entries (replication's apply path): one
     /// transaction; each entry applied, a duplicate, or rejected with a reason.
+    /// `peer` names the sender (quarantine, metrics).
     pub async fn apply(
         &self,
         entries: Vec<capture::LogEntry>,
+        peer: &str,
     ) -> Result<Vec<capture::Applied>, SqlError> {
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .submit_internal(writer::InternalJob::Apply { entries, reply })?;
+        self.writer.submit_internal(writer::InternalJob::Apply {
+            entries,
+            peer: peer.to_string(),
+            reply,
+        })?;
         rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
     }
 

@@ -21,6 +21,7 @@ use libsql_sys::rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::capture::{Applied, Capture, CaptureError, LogEntry};
+use super::events::Events;
 use super::conn::{self, Guard, Role};
 use super::dispatch::Dispatch;
 use super::exec::{ExecCtx, ExecError, Session, WorkItem, WorkOutput};
@@ -34,6 +35,8 @@ pub enum InternalJob {
     /// Merge remote log entries (replication).
     Apply {
         entries: Vec<LogEntry>,
+        /// The sender, for the quarantine and metrics.
+        peer: String,
         reply: oneshot::Sender<Result<Vec<Applied>, SqlError>>,
     },
     /// Encode rows that other programs changed (the periodic sweep).
@@ -66,6 +69,7 @@ impl WriterHandle {
         config: &Config,
         metrics: Arc<Metrics>,
         commits: Arc<AtomicU64>,
+        events: Arc<Events>,
     ) -> Result<Self, DbError> {
         let (conn, guard) =
             conn::open(path, Role::Writer, &config.db).map_err(|source| DbError::Open {
@@ -78,7 +82,7 @@ impl WriterHandle {
         })?;
         let capture = if config.crdt.enabled() {
             let started =
-                guard.internal(|| Capture::start(&conn, &config.crdt, Arc::clone(&metrics)));
+                guard.internal(|| Capture::start(&conn, &config.crdt, Arc::clone(&metrics), events));
             Some(started.map_err(|source| DbError::Capture {
                 path: path.to_owned(),
                 source,
@@ -215,8 +219,12 @@ impl Writer {
 
     fn run_internal(&self, job: InternalJob) {
         match job {
-            InternalJob::Apply { entries, reply } => {
-                let _ = reply.send(self.apply(&entries));
+            InternalJob::Apply {
+                entries,
+                peer,
+                reply,
+            } => {
+                let _ = reply.send(self.apply(&entries, &peer));
             }
             InternalJob::Sweep { reply } => {
                 let swept = match &self.capture {
@@ -236,7 +244,7 @@ impl Writer {
 
     /// Applies remote entries in one transaction, foreign keys off (rows
     /// arrive in any order; each node checks its own writes).
-    fn apply(&self, entries: &[LogEntry]) -> Result<Vec<Applied>, SqlError> {
+    fn apply(&self, entries: &[LogEntry], peer: &str) -> Result<Vec<Applied>, SqlError> {
         let Some(capture) = &self.capture else {
             return Err(SqlError::new(
                 "OUTPOST_CAPTURE",
@@ -246,7 +254,7 @@ impl Writer {
         self.guard.internal(|| {
             self.conn
                 .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")?;
-            let outcome = capture.apply(&self.conn, entries).map_err(SqlError::from);
+            let outcome = capture.apply(&self.conn, entries, peer).map_err(SqlError::from);
             let outcome = outcome.and_then(|applied| {
                 self.conn.execute_batch("COMMIT")?;
                 Ok(applied)

@@ -7,4 +7,7 @@
 //! - [`tls`]: the cluster CA, node certificates and mutual-TLS configs;
 //! - [`transport`]: the HTTPS/WebSocket driver that runs the core.
 
+pub mod tls;
+pub mod core;
+pub mod proto;
 pub mod vv;

@@ -1,0 +1,678 @@
+//! The replication state machine, sans IO.
+//!
+//! [`Core`] knows nothing of sockets, clocks, threads or the database. The
+//! driver (the transport in production, the simulation in tests) feeds it
+//! [`Input`]s — a link came up or went down, a message arrived, the log
+//! advanced, an effect finished, time passed — and carries out the
+//! [`Output`]s it returns: send a message, read entries from the log, apply
+//! entries to the database, connect to a peer, close a link. Every decision
+//! (what to send, when to retry, when a peer is dead, which duplicate link
+//! to keep) is made here, so a seeded simulation can replay any history.
+//!
+//! ## How a link works
+//! A link is one connection between two nodes, used in both directions.
+//! Each side sends `Hello` with its version vector. From then on each side
+//! *pushes*: it reads from its log the entries above what it has sent (or
+//! the peer said it holds), in batches bounded by count and bytes, keeping
+//! at most `window_batches` unacknowledged. The receiving side applies one
+//! batch at a time, in order, and acknowledges it with its new vector. New
+//! local writes and entries applied from any other peer advance the log,
+//! which wakes every link: that is both live push and transitive relay.
+//!
+//! ## Why nothing is lost
+//! - A node's vector is read from its database after each apply, never
+//!   guessed; a link starts from the peer's vector in its `Hello`.
+//! - Per origin, a pusher sends entries in seq order from a dense log, and a
+//!   receiver applies batches in arrival order, so a receiver's log stays
+//!   dense. If an apply fails, the link closes: the next link restarts from
+//!   the vectors, so nothing is skipped, and duplicates are no-ops.
+//! - Everything unsent stays in the log on disk: the core buffers at most
+//!   `window_batches` batches per link in each direction.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::db::capture::LogEntry;
+
+use super::proto::{Hello, Msg, PROTOCOL_VERSION};
+use super::vv::VersionVector;
+
+/// A connection, numbered by the driver (unique for the driver's lifetime).
+pub type LinkId = u64;
+/// A configured peer, numbered by the driver (index into its peer list).
+pub type PeerId = usize;
+/// Milliseconds on the driver's clock (monotonic; any origin).
+pub type Millis = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    pub batch_entries: usize,
+    pub batch_bytes: usize,
+    pub window_batches: usize,
+    pub retry_min: Millis,
+    pub retry_max: Millis,
+    pub heartbeat: Millis,
+    pub peer_timeout: Millis,
+}
+
+impl CoreConfig {
+    pub fn from_config(c: &crate::config::SyncConfig) -> CoreConfig {
+        CoreConfig {
+            batch_entries: c.batch_entries,
+            batch_bytes: c.batch_bytes,
+            window_batches: c.window_batches,
+            retry_min: c.retry_min.as_millis() as Millis,
+            retry_max: c.retry_max.as_millis() as Millis,
+            heartbeat: c.heartbeat.as_millis() as Millis,
+            peer_timeout: c.peer_timeout.as_millis() as Millis,
+        }
+    }
+}
+
+/// Who this node is, as the handshake tells peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub node_id: String,
+    pub origin: u64,
+    pub schema_version: i64,
+    pub schema_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A connection is up. `peer` is Some for connections this node made.
+    Connected { link: LinkId, peer: Option<PeerId> },
+    /// Connecting to a configured peer failed.
+    ConnectFailed { peer: PeerId, error: String },
+    /// The connection is gone (closed by either side or broken).
+    Closed { link: LinkId },
+    Received { link: LinkId, msg: Msg },
+    /// The local log holds this now (after a local commit or an apply).
+    LogAdvanced(VersionVector),
+    /// The result of [`Output::ReadLog`].
+    LogRead { link: LinkId, entries: Vec<LogEntry> },
+    /// The result of [`Output::Apply`].
+    Applied { link: LinkId, outcome: ApplyOutcome },
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Every entry was applied, a duplicate, or quarantined.
+    Done,
+    /// Entries from a newer schema were deferred: stop taking entries
+    /// from this link until this node has migrated.
+    Deferred(String),
+    /// The apply failed (database error): nothing of the batch is known
+    /// to have been applied.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Send { link: LinkId, msg: Msg },
+    /// Read log entries with `after[origin] < seq <= upto[origin]`, in seq
+    /// order per origin, at most `max_entries` and about `max_bytes` of
+    /// updates (at least one entry), and only entries whose schema version
+    /// is at most `max_schema` (stopping at the first newer one per origin);
+    /// reply with [`Input::LogRead`].
+    ReadLog {
+        link: LinkId,
+        after: VersionVector,
+        upto: VersionVector,
+        max_entries: usize,
+        max_bytes: usize,
+        max_schema: i64,
+    },
+    /// Apply these remote entries; reply with [`Input::Applied`], and with
+    /// [`Input::LogAdvanced`] first if the log advanced.
+    Apply { link: LinkId, peer: String, entries: Vec<LogEntry> },
+    Connect { peer: PeerId },
+    Close { link: LinkId, reason: String },
+}
+
+/// What a peer link is doing, for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    Connecting,
+    Handshaking,
+    Connected,
+    BackingOff,
+    /// Connected, but not taking entries (e.g. a newer schema).
+    Paused,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Connecting => "connecting",
+            PeerState::Handshaking => "handshaking",
+            PeerState::Connected => "connected",
+            PeerState::BackingOff => "backing_off",
+            PeerState::Paused => "paused",
+        }
+    }
+
+    pub const ALL: [PeerState; 5] = [
+        PeerState::Connecting,
+        PeerState::Handshaking,
+        PeerState::Connected,
+        PeerState::BackingOff,
+        PeerState::Paused,
+    ];
+}
+
+/// One open connection.
+#[derive(Debug)]
+struct Link {
+    peer: Option<PeerId>,
+    /// The other side, once its Hello arrived.
+    remote: Option<Hello>,
+    last_heard: Millis,
+    last_sent: Millis,
+    // Push side.
+    /// Entries the other side holds or has been sent on this link.
+    sent: VersionVector,
+    unacked: usize,
+    reading: bool,
+    /// The local vector when a read came back empty: read again only
+    /// once the log moved past it.
+    empty_at: Option<VersionVector>,
+    // Receive side.
+    inbox: VecDeque<Vec<LogEntry>>,
+    applying: bool,
+    /// Set when this side stopped taking entries (schema).
+    paused: Option<String>,
+    stats: LinkStats,
+}
+
+/// Counters per link, for status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub entries_sent: u64,
+    pub entries_received: u64,
+    pub batches_sent: u64,
+    pub batches_applied: u64,
+}
+
+/// A configured peer: reconnect bookkeeping.
+#[derive(Debug, Clone)]
+struct Peer {
+    link: Option<LinkId>,
+    connecting: bool,
+    backoff: Millis,
+    next_attempt: Millis,
+    last_error: Option<String>,
+}
+
+/// A view of one link or configured peer, for `/status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkStatus {
+    pub link: Option<LinkId>,
+    pub peer: Option<PeerId>,
+    pub node_id: Option<String>,
+    pub origin: Option<u64>,
+    pub state: PeerState,
+    pub paused: Option<String>,
+    pub remote_schema_version: Option<i64>,
+    pub last_error: Option<String>,
+    /// What the peer said it holds.
+    pub peer_has: Option<VersionVector>,
+    pub stats: LinkStats,
+}
+
+pub struct Core {
+    config: CoreConfig,
+    me: Identity,
+    now: Millis,
+    local: VersionVector,
+    links: BTreeMap<LinkId, Link>,
+    peers: Vec<Peer>,
+    out: Vec<Output>,
+}
+
+impl Core {
+    /// `peers`: how many configured peers to keep connected (ids 0..peers).
+    pub fn new(config: CoreConfig, me: Identity, local: VersionVector, peers: usize, now: Millis) -> Core {
+        assert!(config.window_batches > 0 && config.batch_entries > 0 && config.batch_bytes > 0);
+        assert!(config.retry_min > 0 && config.retry_min <= config.retry_max);
+        assert!(config.heartbeat < config.peer_timeout);
+        let peer = Peer {
+            link: None,
+            connecting: false,
+            backoff: config.retry_min,
+            next_attempt: now,
+            last_error: None,
+        };
+        Core {
+            config,
+            me,
+            now,
+            local,
+            links: BTreeMap::new(),
+            peers: vec![peer; peers],
+            out: Vec::new(),
+        }
+    }
+
+    pub fn local(&self) -> &VersionVector {
+        &self.local
+    }
+
+    /// Advances the clock to `now` (never backwards) and handles `input`.
+    /// Returns what the driver must do, in order.
+    pub fn handle(&mut self, now: Millis, input: Input) -> Vec<Output> {
+        self.now = self.now.max(now);
+        match input {
+            Input::Connected { link, peer } => self.on_connected(link, peer),
+            Input::ConnectFailed { peer, error } => self.on_connect_failed(peer, error),
+            Input::Closed { link } => self.on_closed(link),
+            Input::Received { link, msg } => self.on_message(link, msg),
+            Input::LogAdvanced(vv) => self.on_log_advanced(vv),
+            Input::LogRead { link, entries } => self.on_log_read(link, entries),
+            Input::Applied { link, outcome } => self.on_applied(link, outcome),
+            Input::Tick => self.on_tick(),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn on_connected(&mut self, link: LinkId, peer: Option<PeerId>) {
+        assert!(!self.links.contains_key(&link), "link ids are unique");
+        if let Some(p) = peer {
+            let state = &mut self.peers[p];
+            state.connecting = false;
+            if let Some(old) = state.link.replace(link) {
+                self.close(old, "replaced by a new connection");
+            }
+        }
+        self.links.insert(
+            link,
+            Link {
+                peer,
+                remote: None,
+                last_heard: self.now,
+                last_sent: self.now,
+                sent: VersionVector::new(),
+                unacked: 0,
+                reading: false,
+                empty_at: None,
+                inbox: VecDeque::new(),
+                applying: false,
+                paused: None,
+                stats: LinkStats::default(),
+            },
+        );
+        let hello = Msg::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            node_id: self.me.node_id.clone(),
+            origin: self.me.origin,
+            schema_version: self.me.schema_version,
+            schema_hash: self.me.schema_hash.clone(),
+            have: self.local.clone(),
+        });
+        self.send(link, hello);
+    }
+
+    fn on_connect_failed(&mut self, peer: PeerId, error: String) {
+        let state = &mut self.peers[peer];
+        state.connecting = false;
+        state.last_error = Some(error);
+        self.schedule_retry(peer);
+    }
+
+    fn schedule_retry(&mut self, peer: PeerId) {
+        let state = &mut self.peers[peer];
+        state.next_attempt = self.now + state.backoff;
+        state.backoff = (state.backoff * 2).min(self.config.retry_max);
+    }
+
+    fn on_closed(&mut self, link: LinkId) {
+        let Some(closed) = self.links.remove(&link) else {
+            return;
+        };
+        if let Some(p) = closed.peer {
+            if self.peers[p].link == Some(link) {
+                self.peers[p].link = None;
+                self.schedule_retry(p);
+            }
+        }
+    }
+
+    /// Closes a link now (the driver reports no `Closed` for it).
+    fn close(&mut self, link: LinkId, reason: &str) {
+        if self.links.contains_key(&link) {
+            self.send(link, Msg::Bye { reason: reason.to_string() });
+            self.out.push(Output::Close {
+                link,
+                reason: reason.to_string(),
+            });
+            self.on_closed(link);
+        }
+    }
+
+    fn send(&mut self, link: LinkId, msg: Msg) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.last_sent = self.now;
+            self.out.push(Output::Send { link, msg });
+        }
+    }
+
+    fn on_message(&mut self, link: LinkId, msg: Msg) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return; // a message racing the close
+        };
+        l.last_heard = self.now;
+        let established = l.remote.is_some();
+        match msg {
+            Msg::Hello(hello) if !established => self.on_hello(link, hello),
+            Msg::Hello(_) => self.close(link, "protocol error: a second Hello"),
+            _ if !established => self.close(link, "protocol error: a message before Hello"),
+            Msg::Entries(entries) => self.on_entries(link, entries),
+            Msg::Ack { have, batches } => self.on_ack(link, have, batches),
+            Msg::Bye { .. } => self.close(link, "the peer closed the link"),
+        }
+    }
+
+    fn on_hello(&mut self, link: LinkId, hello: Hello) {
+        if hello.protocol != PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {} is not {PROTOCOL_VERSION}",
+                hello.protocol
+            );
+            return self.close(link, &reason);
+        }
+        if hello.origin == self.me.origin {
+            return self.close(link, "connected to itself");
+        }
+        if let Some(keep_other) = self.duplicate_of(link, &hello) {
+            if keep_other {
+                return self.close(link, "a link to this node exists");
+            }
+        }
+        let l = self.links.get_mut(&link).expect("caller checked");
+        l.sent = hello.have.clone();
+        l.remote = Some(hello);
+        if let Some(p) = l.peer {
+            self.peers[p].backoff = self.config.retry_min;
+            self.peers[p].last_error = None;
+        }
+        self.pump(link);
+    }
+
+    /// If another established link leads to the same node, decides which
+    /// one stays: Some(true) keeps the other (close this one); Some(false)
+    /// closes the other. Both nodes decide alike: the link started by the
+    /// node with the smaller origin stays; between two links started by the
+    /// same node, the newer one.
+    fn duplicate_of(&mut self, link: LinkId, hello: &Hello) -> Option<bool> {
+        let this_outbound = self.links[&link].peer.is_some();
+        let other = self.links.iter().find_map(|(&id, l)| {
+            (id != link && l.remote.as_ref().is_some_and(|r| r.origin == hello.origin))
+                .then_some((id, l.peer.is_some()))
+        })?;
+        let (other_id, other_outbound) = other;
+        let keep_other = if this_outbound == other_outbound {
+            false
+        } else {
+            let mine_started_by_me = this_outbound;
+            let i_am_smaller = self.me.origin < hello.origin;
+            mine_started_by_me != i_am_smaller
+        };
+        if !keep_other {
+            self.close(other_id, "replaced by another link to the same node");
+        }
+        Some(keep_other)
+    }
+
+    fn on_entries(&mut self, link: LinkId, entries: Vec<LogEntry>) {
+        let window = self.config.window_batches;
+        let l = self.links.get_mut(&link).expect("caller checked");
+        if l.inbox.len() >= window + 1 {
+            return self.close(link, "protocol error: more unacknowledged batches than the window");
+        }
+        if entries.len() > self.config.batch_entries {
+            return self.close(link, "protocol error: a batch larger than sync.batch_entries");
+        }
+        l.stats.entries_received += entries.len() as u64;
+        // The peer holds what it sent: never push it back.
+        for e in &entries {
+            l.sent.observe(e.origin, e.seq);
+        }
+        l.inbox.push_back(entries);
+        self.start_apply(link);
+    }
+
+    fn start_apply(&mut self, link: LinkId) {
+        let local = &self.local;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if l.applying || l.paused.is_some() {
+            return;
+        }
+        let Some(batch) = l.inbox.pop_front() else {
+            return;
+        };
+        // Entries this node holds already are dropped here (the database
+        // would call them duplicates anyway).
+        let fresh: Vec<LogEntry> = batch
+            .into_iter()
+            .filter(|e| e.seq > local.get(e.origin))
+            .collect();
+        let peer = l
+            .remote
+            .as_ref()
+            .map_or_else(String::new, |r| r.node_id.clone());
+        if fresh.is_empty() {
+            l.stats.batches_applied += 1;
+            let have = self.local.clone();
+            self.send(link, Msg::Ack { have, batches: 1 });
+            return self.start_apply(link);
+        }
+        l.applying = true;
+        self.out.push(Output::Apply {
+            link,
+            peer,
+            entries: fresh,
+        });
+    }
+
+    fn on_applied(&mut self, link: LinkId, outcome: ApplyOutcome) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return; // closed meanwhile; the next link starts from the vectors
+        };
+        assert!(l.applying, "an Applied without an Apply");
+        l.applying = false;
+        match outcome {
+            ApplyOutcome::Done => {
+                l.stats.batches_applied += 1;
+                let have = self.local.clone();
+                self.send(link, Msg::Ack { have, batches: 1 });
+                self.start_apply(link);
+            }
+            ApplyOutcome::Deferred(reason) => {
+                // The rest of the batch and the window are dropped: the
+                // peer resends them when the link is made again.
+                l.inbox.clear();
+                l.paused = Some(reason.clone());
+                self.close(link, &format!("paused: {reason}"));
+            }
+            ApplyOutcome::Failed(error) => {
+                self.close(link, &format!("applying a batch failed: {error}"));
+            }
+        }
+    }
+
+    fn on_ack(&mut self, link: LinkId, have: VersionVector, batches: u64) {
+        let l = self.links.get_mut(&link).expect("caller checked");
+        if batches as usize > l.unacked {
+            return self.close(link, "protocol error: acknowledged more batches than were sent");
+        }
+        l.unacked -= batches as usize;
+        l.sent.merge(&have);
+        if let Some(remote) = l.remote.as_mut() {
+            remote.have.merge(&have);
+        }
+        self.pump(link);
+    }
+
+    fn on_log_advanced(&mut self, vv: VersionVector) {
+        self.local.merge(&vv);
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.pump(link);
+        }
+    }
+
+    /// Asks for the next batch for `link` if the window has room and the
+    /// log holds entries the peer lacks.
+    fn pump(&mut self, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let Some(remote) = &l.remote else {
+            return;
+        };
+        if l.reading || l.unacked >= self.config.window_batches {
+            return;
+        }
+        if l.empty_at.as_ref().is_some_and(|at| at.covers(&self.local)) {
+            return;
+        }
+        if self.local.ahead_of(&l.sent).next().is_none() {
+            return;
+        }
+        l.reading = true;
+        l.empty_at = None;
+        let max_schema = remote.schema_version;
+        self.out.push(Output::ReadLog {
+            link,
+            after: l.sent.clone(),
+            upto: self.local.clone(),
+            max_entries: self.config.batch_entries,
+            max_bytes: self.config.batch_bytes,
+            max_schema,
+        });
+    }
+
+    fn on_log_read(&mut self, link: LinkId, entries: Vec<LogEntry>) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        assert!(l.reading, "a LogRead without a ReadLog");
+        l.reading = false;
+        if entries.is_empty() {
+            // Nothing readable (e.g. held back by schema): wait for the
+            // log to move instead of asking again at once.
+            l.empty_at = Some(self.local.clone());
+            return;
+        }
+        assert!(entries.len() <= self.config.batch_entries);
+        for e in &entries {
+            l.sent.observe(e.origin, e.seq);
+        }
+        l.unacked += 1;
+        l.stats.entries_sent += entries.len() as u64;
+        l.stats.batches_sent += 1;
+        self.send(link, Msg::Entries(entries));
+        self.pump(link);
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now;
+        let mut dead = Vec::new();
+        let mut idle = Vec::new();
+        for (&id, l) in &self.links {
+            if now.saturating_sub(l.last_heard) >= self.config.peer_timeout {
+                dead.push(id);
+            } else if l.remote.is_some() && now.saturating_sub(l.last_sent) >= self.config.heartbeat {
+                idle.push(id);
+            }
+        }
+        for link in dead {
+            self.close(link, "the peer was silent past sync.peer_timeout");
+        }
+        for link in idle {
+            let have = self.local.clone();
+            self.send(link, Msg::Ack { have, batches: 0 });
+        }
+        for p in 0..self.peers.len() {
+            let peer = &mut self.peers[p];
+            if peer.link.is_none() && !peer.connecting && now >= peer.next_attempt {
+                peer.connecting = true;
+                self.out.push(Output::Connect { peer: p });
+            }
+        }
+    }
+
+    /// Links and configured peers, for `/status`.
+    pub fn status(&self) -> Vec<LinkStatus> {
+        let mut all: Vec<LinkStatus> = self
+            .links
+            .iter()
+            .map(|(&id, l)| LinkStatus {
+                link: Some(id),
+                peer: l.peer,
+                node_id: l.remote.as_ref().map(|r| r.node_id.clone()),
+                origin: l.remote.as_ref().map(|r| r.origin),
+                state: match (&l.remote, self.pause_reason(l)) {
+                    (None, _) => PeerState::Handshaking,
+                    (Some(_), Some(_)) => PeerState::Paused,
+                    (Some(_), None) => PeerState::Connected,
+                },
+                paused: self.pause_reason(l),
+                remote_schema_version: l.remote.as_ref().map(|r| r.schema_version),
+                last_error: None,
+                peer_has: l.remote.as_ref().map(|r| r.have.clone()),
+                stats: l.stats,
+            })
+            .collect();
+        for (p, peer) in self.peers.iter().enumerate() {
+            if peer.link.is_some() {
+                continue;
+            }
+            all.push(LinkStatus {
+                link: None,
+                peer: Some(p),
+                node_id: None,
+                origin: None,
+                state: if peer.connecting {
+                    PeerState::Connecting
+                } else {
+                    PeerState::BackingOff
+                },
+                paused: None,
+                remote_schema_version: None,
+                last_error: peer.last_error.clone(),
+                peer_has: None,
+                stats: LinkStats::default(),
+            });
+        }
+        all
+    }
+
+    /// Why this node takes no entries from `l`'s peer, if it does not.
+    fn pause_reason(&self, l: &Link) -> Option<String> {
+        if let Some(reason) = &l.paused {
+            return Some(reason.clone());
+        }
+        let remote = l.remote.as_ref()?;
+        (remote.schema_version > self.me.schema_version).then(|| {
+            format!(
+                "schema: the peer is at schema version {}, this node at {}; its newer entries wait until this node migrates",
+                remote.schema_version, self.me.schema_version
+            )
+        })
+    }
+
+    /// Whether every established link's peer holds everything this node
+    /// holds, and nothing waits to be applied (the simulation's "quiet").
+    pub fn is_quiet(&self) -> bool {
+        self.links.values().all(|l| {
+            !l.reading
+                && !l.applying
+                && l.inbox.is_empty()
+                && l.unacked == 0
+                && l.remote.as_ref().is_some_and(|r| r.have.covers(&self.local))
+        })
+    }
+}
