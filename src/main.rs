@@ -53,13 +53,26 @@ enum Command {
         #[arg(long)]
         log_format: Option<String>,
     },
-    /// Create the node's keys (JWT signing key; with --self-signed a TLS certificate).
+    /// Create the node's identity and keys: node id, JWT signing key, the
+    /// node's sync certificate signed by the cluster CA (with --self-signed
+    /// also a TLS certificate for the API).
     Init {
         #[command(flatten)]
         common: Common,
         /// Also write a self-signed TLS certificate for localhost to <data_dir>/tls/.
         #[arg(long)]
         self_signed: bool,
+        /// Cluster CA directory (ca.pem, ca.key) that signs this node's sync
+        /// certificate; created there if absent. Default: <data_dir>/tls/ca.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Extra name or IP address for the node certificate (repeatable);
+        /// localhost, 127.0.0.1 and ::1 are always included.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Reissue the node certificate even if one exists.
+        #[arg(long)]
+        force_cert: bool,
     },
     /// Mint a client JWT signed with the node's key; prints it on stdout.
     Token {
@@ -179,32 +192,12 @@ fn main() -> Result<()> {
         Command::Init {
             common,
             self_signed,
+            ca_dir,
+            hosts,
+            force_cert,
         } => {
             let config = load_config(&common)?;
-            let keys = config.keys_dir();
-            if auth::generate_keys(&keys)? {
-                println!("created JWT key pair in {}", keys.display());
-            } else {
-                println!("JWT key pair already exists in {}", keys.display());
-            }
-            if self_signed {
-                let dir = config.node.data_dir.join(outpost::server::TLS_DIR);
-                if outpost::server::write_self_signed(&config.node.data_dir)? {
-                    println!("created a self-signed TLS certificate in {}", dir.display());
-                } else {
-                    println!("TLS certificate already exists in {}", dir.display());
-                }
-            }
-            let node_id = outpost::db::conn::create_node_identity(&config.db_path(), &config.db)?;
-            println!(
-                "node id {node_id} (database {})",
-                config.db_path().display()
-            );
-            println!(
-                "mint a client token with: outpost token --data-dir {}",
-                config.node.data_dir.display()
-            );
-            Ok(())
+            run_init(&config, self_signed, ca_dir, &hosts, force_cert)
         }
         Command::Token {
             common,
@@ -240,6 +233,87 @@ fn main() -> Result<()> {
         Command::Backup { .. } => not_yet("backup", 7),
         Command::Restore { .. } => not_yet("restore", 7),
     }
+}
+
+/// `outpost init`: node id, JWT key pair, (optionally) the API's self-signed
+/// certificate, the cluster CA if needed and the node's sync certificate.
+fn run_init(
+    config: &Config,
+    self_signed: bool,
+    ca_dir: Option<PathBuf>,
+    hosts: &[String],
+    force_cert: bool,
+) -> Result<()> {
+    use outpost::sync::tls;
+
+    let keys = config.keys_dir();
+    if auth::generate_keys(&keys)? {
+        println!("created JWT key pair in {}", keys.display());
+    } else {
+        println!("JWT key pair already exists in {}", keys.display());
+    }
+    let tls_dir = config.node.data_dir.join(outpost::server::TLS_DIR);
+    if self_signed {
+        if outpost::server::write_self_signed(&config.node.data_dir)? {
+            println!(
+                "created a self-signed TLS certificate in {}",
+                tls_dir.display()
+            );
+        } else {
+            println!("TLS certificate already exists in {}", tls_dir.display());
+        }
+    }
+    // The node certificate names the node: the identity comes first.
+    let node_id = outpost::db::conn::create_node_identity(&config.db_path(), &config.db)?;
+    println!(
+        "node id {node_id} (database {})",
+        config.db_path().display()
+    );
+
+    let explicit_ca = ca_dir.is_some();
+    let ca_dir = ca_dir.unwrap_or_else(|| tls_dir.join("ca"));
+    let node_cert = tls_dir.join(tls::NODE_CERT_FILE);
+    let node_key = tls_dir.join(tls::NODE_KEY_FILE);
+    let ca_copy = tls_dir.join(tls::CA_CERT_FILE);
+    if node_cert.exists() && node_key.exists() && !force_cert {
+        println!(
+            "node certificate already exists: {} (reissue with --force-cert)",
+            node_cert.display()
+        );
+        let ca_cert = ca_dir.join(tls::CA_CERT_FILE);
+        if explicit_ca
+            && ca_cert.exists()
+            && std::fs::read(&ca_cert).ok() != std::fs::read(&ca_copy).ok()
+        {
+            eprintln!(
+                "warning: the node certificate in {} was not issued by the CA in {}; \
+                 reissue it with --force-cert",
+                tls_dir.display(),
+                ca_dir.display()
+            );
+        }
+    } else {
+        if tls::ensure_ca(&ca_dir)? {
+            println!(
+                "created cluster CA certificate {}",
+                ca_dir.join(tls::CA_CERT_FILE).display()
+            );
+            println!(
+                "created cluster CA key {}",
+                ca_dir.join(tls::CA_KEY_FILE).display()
+            );
+        }
+        tls::issue_node_cert(&ca_dir, &tls_dir, &node_id, hosts, force_cert)
+            .context("cannot issue the node certificate")?;
+        println!("created node certificate {}", node_cert.display());
+        println!("created node key {}", node_key.display());
+        println!("copied cluster CA certificate to {}", ca_copy.display());
+    }
+    println!(
+        "mint a client token with: outpost token --data-dir {}",
+        config.node.data_dir.display()
+    );
+    Ok(())
 }
 
 fn not_yet(command: &str, issue: u32) -> Result<()> {
