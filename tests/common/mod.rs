@@ -2,6 +2,8 @@
 //! run time (port 0, read back from the READY line) and stops them.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,6 +46,12 @@ pub struct Server {
     pub admin: String,
     pub dir: tempfile::TempDir,
     stderr: mpsc::Receiver<String>,
+    /// The sync listener from the READY line (`https://127.0.0.1:PORT`), when
+    /// the node has a certificate.
+    pub sync: Option<String>,
+    /// A full-access token, minted at start when the node was started with
+    /// `ca_dir` or `sync_listen` and has a JWT key (`init` makes one).
+    pub token: Option<String>,
 }
 
 #[derive(Default)]
@@ -51,6 +59,13 @@ pub struct Options<'a> {
     pub init: bool,
     pub env: Vec<(&'a str, String)>,
     pub args: Vec<&'a str>,
+    /// Run `outpost init --ca-dir DIR` first (implies `init`): the node gets a
+    /// certificate from the cluster CA in DIR (created on first use).
+    pub ca_dir: Option<&'a Path>,
+    /// `--sync-listen ADDR` (e.g. "127.0.0.1:0").
+    pub sync_listen: Option<String>,
+    /// `--peer URL` for each.
+    pub peers: Vec<String>,
 }
 
 impl Server {
@@ -60,7 +75,9 @@ impl Server {
 
     pub fn start_with(opts: Options<'_>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        if opts.init {
+        if let Some(ca) = opts.ca_dir {
+            init_in_cluster(dir.path(), ca);
+        } else if opts.init {
             init(dir.path());
         }
         Self::start_in(dir, opts)
@@ -74,9 +91,18 @@ impl Server {
             .env("OUTPOST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(addr) = &opts.sync_listen {
+            cmd.args(["--sync-listen", addr]);
+        }
+        for peer in &opts.peers {
+            cmd.args(["--peer", peer]);
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        let token = (opts.ca_dir.is_some() || opts.sync_listen.is_some())
+            && dir.path().join("keys/jwt.key.pem").exists();
+        let token = token.then(|| self::token(dir.path(), &[]));
         let mut child = cmd.spawn().expect("spawn outpost");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -108,12 +134,18 @@ impl Server {
                 .unwrap()
                 .to_string()
         };
+        let sync = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("sync="))
+            .map(str::to_string);
         Server {
             api: field("api="),
             admin: field("admin="),
             child,
             dir,
             stderr: err_rx,
+            sync,
+            token,
         }
     }
 
@@ -236,5 +268,230 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) {
             "condition not met within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Replication: clusters of nodes sharing a CA, status, digests, writes with
+// retries.
+
+/// `outpost init --data-dir DIR --ca-dir CA`: node id, JWT keys and a node
+/// certificate signed by the cluster CA in CA (created there on first use).
+pub fn init_in_cluster(dir: &Path, ca_dir: &Path) {
+    let (status, out, err) = run(&[
+        "init",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--ca-dir",
+        ca_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        status.success(),
+        "init --ca-dir failed ({status}):\n{out}\n{err}"
+    );
+}
+
+/// Environment for nodes in replication tests: quick reconnects and a quick
+/// verdict on silent links.
+pub fn sync_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("OUTPOST_SYNC_RETRY_MAX", "1s".into()),
+        ("OUTPOST_SYNC_PEER_TIMEOUT", "2s".into()),
+        ("OUTPOST_SYNC_HEARTBEAT", "200ms".into()),
+    ]
+}
+
+/// What became of a write sent over HTTP.
+#[derive(Debug, Clone)]
+pub enum Written {
+    /// HTTP 200 and the statement ran: committed.
+    Acked(serde_json::Value),
+    /// The statement failed in-band, or the request was refused with a
+    /// non-retryable HTTP error: not committed.
+    Failed(String),
+    /// No complete answer: it may or may not have committed.
+    Unknown(String),
+}
+
+impl Written {
+    pub fn acked(&self) -> Option<&serde_json::Value> {
+        match self {
+            Written::Acked(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+pub fn int_arg(i: i64) -> serde_json::Value {
+    serde_json::json!({"type": "integer", "value": i.to_string()})
+}
+
+pub fn text_arg(s: &str) -> serde_json::Value {
+    serde_json::json!({"type": "text", "value": s})
+}
+
+pub fn null_arg() -> serde_json::Value {
+    serde_json::json!({"type": "null"})
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+impl Server {
+    /// The admin `/status` JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = get(&format!("{}/status", self.admin));
+        assert_eq!(code, 200, "GET /status: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+    }
+
+    /// `/status`'s `node_id`.
+    pub fn node_id(&self) -> String {
+        let s = self.status();
+        s["node_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no node_id in /status: {s}"))
+            .to_string()
+    }
+
+    /// Runs `outpost check [extra] --data-dir DIR` (fine while the node runs);
+    /// returns (exit code 0, stdout + stderr).
+    pub fn check(&self, extra: &[&str]) -> (bool, String) {
+        let mut args = vec!["check"];
+        args.extend_from_slice(extra);
+        args.extend(["--data-dir", self.data_dir().to_str().unwrap()]);
+        let (status, out, err) = run(&args);
+        (status.success(), format!("{out}{err}"))
+    }
+
+    /// The digest `outpost check --digest` prints; panics unless the check
+    /// passed.
+    pub fn digest(&self) -> String {
+        let (ok, out) = self.check(&["--digest"]);
+        assert!(ok, "`outpost check --digest` failed:\n{out}");
+        digest_of(&out).unwrap_or_else(|| panic!("no digest line:\n{out}"))
+    }
+
+    /// A handle for HTTP requests to this node, which threads can share.
+    pub fn client(&self) -> Client {
+        Client {
+            api: self.api.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    /// See [`Client::write`].
+    pub fn write(&self, sql: &str, args: Vec<serde_json::Value>) -> Written {
+        self.client().write(sql, args)
+    }
+
+    /// See [`Client::sql`].
+    pub fn sql(&self, sql: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+        self.client().sql(sql, args)
+    }
+
+    /// See [`Client::rows`].
+    pub fn rows(&self, sql: &str, args: Vec<serde_json::Value>) -> Vec<Vec<serde_json::Value>> {
+        self.client().rows(sql, args)
+    }
+}
+
+/// The API address and token of a node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub api: String,
+    pub token: Option<String>,
+}
+
+impl Client {
+    /// Executes one statement with arguments; retries what was certainly not
+    /// executed (429, SQLITE_BUSY) for up to 10 s. Never retries after a
+    /// transport error (the outcome is unknown then).
+    pub fn write(&self, sql: &str, args: Vec<serde_json::Value>) -> Written {
+        let body = serde_json::json!({"baton": null, "requests": [
+            {"type": "execute", "stmt": {"sql": sql, "args": args}},
+            {"type": "close"},
+        ]})
+        .to_string();
+        let url = format!("{}/v2/pipeline", self.api);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let agent = agent();
+        loop {
+            let mut req = agent.post(&url).set("content-type", "application/json");
+            if let Some(t) = &self.token {
+                req = req.set("authorization", &format!("Bearer {t}"));
+            }
+            let retry = match req.send_string(&body) {
+                Ok(resp) => {
+                    let Ok(text) = resp.into_string() else {
+                        return Written::Unknown(format!("{sql}: body cut short"));
+                    };
+                    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+                        return Written::Unknown(format!("{sql}: not JSON: {text}"));
+                    };
+                    let first = &json["results"][0];
+                    if first["type"] == "ok" {
+                        return Written::Acked(first["response"]["result"].clone());
+                    }
+                    let busy = first["error"]["code"] == "SQLITE_BUSY";
+                    if !busy {
+                        return Written::Failed(format!("{sql}: {first}"));
+                    }
+                    format!("{first}")
+                }
+                Err(ureq::Error::Status(429, r)) => r.into_string().unwrap_or_default(),
+                Err(ureq::Error::Status(code, r)) => {
+                    let text = r.into_string().unwrap_or_default();
+                    return Written::Failed(format!("{sql}: HTTP {code}: {text}"));
+                }
+                Err(e) => return Written::Unknown(format!("{sql}: {e}")),
+            };
+            if Instant::now() > deadline {
+                return Written::Failed(format!("{sql}: still refused after 10 s: {retry}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Executes `sql` (with the node's token) and panics unless it is acked.
+    pub fn sql(&self, sql: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+        match self.write(sql, args) {
+            Written::Acked(v) => v,
+            other => panic!("{} {sql}: {other:?}", self.api),
+        }
+    }
+
+    /// The rows of a query, as Hrana values.
+    pub fn rows(&self, sql: &str, args: Vec<serde_json::Value>) -> Vec<Vec<serde_json::Value>> {
+        let r = self.sql(sql, args);
+        r["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no rows in {r}"))
+            .iter()
+            .map(|row| row.as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+/// The hex of the first `digest <hex>` line.
+pub fn digest_of(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("digest "))
+        .map(|d| d.trim().to_string())
+}
+
+/// A Hrana value as plain JSON: integers as numbers, text as strings, null.
+pub fn plain(v: &serde_json::Value) -> serde_json::Value {
+    match v["type"].as_str() {
+        Some("integer") => v["value"]
+            .as_str()
+            .and_then(|s| s.parse::<i64>().ok())
+            .map_or(serde_json::Value::Null, Into::into),
+        Some("null") => serde_json::Value::Null,
+        _ => v["value"].clone(),
     }
 }
