@@ -935,7 +935,7 @@ fn conflicts_resolve_identically() {
     let cluster = Cluster::mesh(3, true);
     cluster.wait_connected(Duration::from_secs(20)).unwrap();
     let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    for id in 1..=6 {
+    for id in 1..=7 {
         n1.sql(
             "INSERT INTO t VALUES (?, 'a0', 'b0', ?)",
             vec![int_arg(id), int_arg(id)],
@@ -945,7 +945,7 @@ fn conflicts_resolve_identically() {
         wait_for(
             &format!("rows on n{}", i + 1),
             Duration::from_secs(20),
-            || row(node, 6).is_some(),
+            || row(node, 7).is_some(),
         )
         .unwrap();
     }
@@ -985,12 +985,20 @@ fn conflicts_resolve_identically() {
     gap();
     n3.sql("UPDATE t SET b = 'n3 after delete' WHERE id = 4", vec![]);
     gap();
-    // Row 5: delete, then a later concurrent insert (REPLACE) elsewhere: the
+    // Row 5: delete, then a later concurrent delete and insert elsewhere: the
     // row is revived with exactly the inserted values.
     n2.sql("DELETE FROM t WHERE id = 5", vec![]);
     gap();
-    n3.sql(
-        "INSERT OR REPLACE INTO t(id, a) VALUES (5, 'revived')",
+    n3.sql("DELETE FROM t WHERE id = 5", vec![]);
+    n3.sql("INSERT INTO t(id, a) VALUES (5, 'revived')", vec![]);
+    gap();
+    // Row 7: delete, then a later REPLACE of the row elsewhere (one statement
+    // that deletes and inserts): whichever way the rule reads it, the same
+    // outcome everywhere.
+    n1.sql("DELETE FROM t WHERE id = 7", vec![]);
+    gap();
+    n2.sql(
+        "INSERT OR REPLACE INTO t(id, a) VALUES (7, 'replaced')",
         vec![],
     );
     gap();
@@ -1021,6 +1029,11 @@ fn conflicts_resolve_identically() {
         (6, Some(vec![json!("a0"), json!("n1 b6"), json!(61)])),
     ];
     let mut errors = Vec::new();
+    let replaced: Vec<_> = cluster.nodes.iter().map(|n| row(n, 7)).collect();
+    eprintln!("row 7 (delete vs a later REPLACE): {:?}", replaced[0]);
+    if replaced.iter().any(|r| *r != replaced[0]) {
+        errors.push(format!("row 7 differs between nodes: {replaced:?}"));
+    }
     for (id, want) in &expected {
         let got: Vec<_> = cluster.nodes.iter().map(|n| row(n, *id)).collect();
         if got.iter().any(|g| *g != got[0]) {
