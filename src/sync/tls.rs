@@ -584,3 +584,243 @@ fn serial() -> SerialNumber {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sans_of(der: &[u8]) -> Vec<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::URI(u) => format!("uri:{u}"),
+                GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => format!("ip:{}", IpAddr::from(<[u8; 4]>::try_from(*ip).unwrap())),
+                    _ => format!("ip:{}", IpAddr::from(<[u8; 16]>::try_from(*ip).unwrap())),
+                },
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn node_der(dir: &Path) -> Vec<u8> {
+        load_certs(&dir.join(NODE_CERT_FILE)).unwrap()[0].to_vec()
+    }
+
+    #[test]
+    fn ensure_ca_creates_once_and_checks_what_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("ca");
+        assert!(ensure_ca(&ca).unwrap());
+        let pem = std::fs::read(ca.join(CA_CERT_FILE)).unwrap();
+        assert!(!ensure_ca(&ca).unwrap());
+        assert_eq!(std::fs::read(ca.join(CA_CERT_FILE)).unwrap(), pem);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&ca.join(CA_KEY_FILE)), 0o600);
+            assert_eq!(mode(&ca), 0o700);
+        }
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(&ca).unwrap().count(), 2);
+
+        std::fs::write(ca.join(CA_CERT_FILE), "garbage").unwrap();
+        let err = ensure_ca(&ca).unwrap_err().to_string();
+        assert!(
+            err.contains("ca.pem") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+
+        std::fs::remove_file(ca.join(CA_KEY_FILE)).unwrap();
+        let err = ensure_ca(&ca).unwrap_err();
+        assert!(matches!(err, TlsError::Incomplete { .. }), "{err}");
+        assert!(err.to_string().contains("ca.key"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_key_that_does_not_match_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        ensure_ca(&a).unwrap();
+        ensure_ca(&b).unwrap();
+        std::fs::copy(b.join(CA_KEY_FILE), a.join(CA_KEY_FILE)).unwrap();
+        let err = ensure_ca(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("ca.key") && err.contains("does not match"),
+            "{err}"
+        );
+        let out = tmp.path().join("out");
+        let err = issue_node_cert(&a, &out, "n1", &[], false).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert!(!out.exists(), "nothing written on error");
+    }
+
+    #[test]
+    fn node_certificate_names_the_node() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ca, out) = (tmp.path().join("ca"), tmp.path().join("out"));
+        ensure_ca(&ca).unwrap();
+        let hosts = [
+            "node1.example".to_string(),
+            "10.1.2.3".to_string(),
+            "[fd00::7]".to_string(),
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ];
+        issue_node_cert(&ca, &out, "abc123", &hosts, false).unwrap();
+        let der = node_der(&out);
+        assert_eq!(
+            sans_of(&der),
+            [
+                "dns:localhost",
+                "ip:127.0.0.1",
+                "ip:::1",
+                "dns:node1.example",
+                "ip:10.1.2.3",
+                "ip:fd00::7",
+                "uri:outpost-node:abc123",
+            ]
+        );
+        assert_eq!(peer_node_id(&der).as_deref(), Some("abc123"));
+
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!cert.is_ca());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let cn = cert.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap(), "abc123");
+        let years = (cert.validity().not_after.timestamp() - unix_now()) / (365 * DAY_SECS);
+        assert_eq!(years, 10);
+        assert_eq!(
+            std::fs::read(out.join(CA_CERT_FILE)).unwrap(),
+            std::fs::read(ca.join(CA_CERT_FILE)).unwrap()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(out.join(NODE_KEY_FILE)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn issuing_overwrites_nothing_without_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ca, other, out) = (
+            tmp.path().join("ca"),
+            tmp.path().join("other"),
+            tmp.path().join("out"),
+        );
+        ensure_ca(&ca).unwrap();
+        ensure_ca(&other).unwrap();
+        issue_node_cert(&ca, &out, "n1", &[], false).unwrap();
+        let first = std::fs::read(out.join(NODE_CERT_FILE)).unwrap();
+        // Complete: nothing to do, even with another CA.
+        issue_node_cert(&other, &out, "n1", &[], false).unwrap();
+        assert_eq!(std::fs::read(out.join(NODE_CERT_FILE)).unwrap(), first);
+        // Incomplete: an error naming both files.
+        std::fs::remove_file(out.join(NODE_CERT_FILE)).unwrap();
+        let err = issue_node_cert(&ca, &out, "n1", &[], false).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("node.key") && msg.contains("node.pem"),
+            "{msg}"
+        );
+        // A ca.pem from another CA is not replaced.
+        std::fs::remove_file(out.join(NODE_KEY_FILE)).unwrap();
+        let err = issue_node_cert(&other, &out, "n1", &[], false).unwrap_err();
+        assert!(matches!(err, TlsError::Exists { .. }), "{err}");
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+        // With force: reissued by the other CA.
+        issue_node_cert(&other, &out, "n1", &[], true).unwrap();
+        assert_eq!(
+            std::fs::read(out.join(CA_CERT_FILE)).unwrap(),
+            std::fs::read(other.join(CA_CERT_FILE)).unwrap()
+        );
+        assert_ne!(std::fs::read(out.join(NODE_CERT_FILE)).unwrap(), first);
+        // The CA dir may be the output dir.
+        issue_node_cert(&ca, &ca, "n2", &[], false).unwrap();
+        assert_eq!(peer_node_id(&node_der(&ca)).as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn bad_hosts_and_node_ids_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ca, out) = (tmp.path().join("ca"), tmp.path().join("out"));
+        ensure_ca(&ca).unwrap();
+        for host in ["bad host", "", "exa mple.com", "ünïcode.example"] {
+            let err = issue_node_cert(&ca, &out, "n1", &[host.to_string()], false).unwrap_err();
+            assert!(matches!(err, TlsError::InvalidHost { .. }), "{host}: {err}");
+        }
+        for id in ["", "a b", "x/y", &"a".repeat(65)] {
+            let err = issue_node_cert(&ca, &out, id, &[], false).unwrap_err();
+            assert!(matches!(err, TlsError::InvalidNodeId(_)), "{id}: {err}");
+        }
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn peer_node_id_falls_back_to_the_cn() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cn-node");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(peer_node_id(cert.der()).as_deref(), Some("cn-node"));
+
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(peer_node_id(cert.der()), None);
+        assert_eq!(peer_node_id(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn configs_load_and_errors_name_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ca, out) = (tmp.path().join("ca"), tmp.path().join("out"));
+        ensure_ca(&ca).unwrap();
+        issue_node_cert(&ca, &out, "n1", &[], false).unwrap();
+        let (ca_pem, cert, key) = (
+            out.join(CA_CERT_FILE),
+            out.join(NODE_CERT_FILE),
+            out.join(NODE_KEY_FILE),
+        );
+        let server = server_config(&ca_pem, &cert, &key).unwrap();
+        assert_eq!(server.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let client = client_config(&ca_pem, &cert, &key).unwrap();
+        assert_eq!(client.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+        let missing = out.join("missing.pem");
+        let err = server_config(&missing, &cert, &key)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("missing.pem"),
+            "{err}"
+        );
+        let err = client_config(&ca_pem, &cert, &cert)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node.pem") && err.contains("no PEM private key"),
+            "{err}"
+        );
+        let err = client_config(&ca_pem, &key, &key).unwrap_err().to_string();
+        assert!(
+            err.contains("node.key") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        // A key that is not the certificate's.
+        let other = tmp.path().join("other");
+        issue_node_cert(&ca, &other, "n2", &[], false).unwrap();
+        let err = server_config(&ca_pem, &cert, &other.join(NODE_KEY_FILE));
+        assert!(err.is_err(), "mismatched key accepted");
+    }
+}
