@@ -40,10 +40,11 @@ enum Command {
         /// Admin listen address (overrides admin.listen).
         #[arg(long)]
         admin_listen: Option<String>,
-        /// Sync listen address (replication; not yet available).
+        /// Sync listen address (overrides sync.listen); port 0 picks a free port.
         #[arg(long)]
         sync_listen: Option<String>,
-        /// Peer URL (replication; not yet available).
+        /// Peer to replicate with, e.g. https://10.0.0.2:8443 (repeatable;
+        /// added to sync.peers).
         #[arg(long)]
         peer: Vec<String>,
         /// Backup URL (not yet available).
@@ -176,9 +177,13 @@ fn main() -> Result<()> {
             if let Some(f) = log_format {
                 config.log.format = f;
             }
+            if let Some(l) = sync_listen {
+                config.sync.listen = l;
+            }
+            config.sync.peers.extend(peer);
             config.validate()?;
-            if sync_listen.is_some() || !peer.is_empty() || backup.is_some() {
-                bail!("--sync-listen, --peer and --backup are not yet available in this version");
+            if backup.is_some() {
+                bail!("--backup is not yet available in this version");
             }
             init_logging(&config);
             let system = actix_web::rt::System::new();

@@ -42,6 +42,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("sync: {0}")]
+    Sync(#[from] crate::sync::transport::SyncError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,14 +54,20 @@ pub struct Bound {
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub tls: bool,
+    /// The sync listener, when the node has a certificate.
+    pub sync: Option<SocketAddr>,
 }
 
 impl Bound {
     /// The line tests and scripts wait for on stdout.
     pub fn ready_line(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
+        let sync = self
+            .sync
+            .map(|addr| format!(" sync=https://{addr}"))
+            .unwrap_or_default();
         format!(
-            "READY api={scheme}://{} admin=http://{}",
+            "READY api={scheme}://{} admin=http://{}{sync}",
             self.api, self.admin
         )
     }
@@ -145,6 +153,7 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     let tls = tls_files(&config)
         .map(|(c, k)| load_tls(&c, &k))
         .transpose()?;
+    let sync = start_sync(&config, &db, &metrics)?;
     let state = web::Data::new(AppState {
         streams: HttpStreams::new(
             config.limits.max_streams,
@@ -155,6 +164,7 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
         db: Arc::clone(&db),
         auth,
         metrics,
+        sync: sync.clone(),
     });
 
     let api_state = state.clone();
@@ -200,6 +210,7 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
         api: api.addrs()[0],
         admin: admin.addrs()[0],
         tls: tls.is_some(),
+        sync: sync.as_ref().map(|s| s.addr),
     };
     let api = api.run();
     let admin = admin.run();
@@ -218,6 +229,9 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     tracing::info!("shutting down: finishing in-flight requests");
     api_handle.stop(true).await;
     admin_handle.stop(true).await;
+    if let Some(sync) = &sync {
+        sync.stop().await;
+    }
     reaper.abort();
     sweeper.abort();
     let _ = api_task.await;
@@ -227,6 +241,27 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     db.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts replication if the node has its certificate; else says how to.
+fn start_sync(
+    config: &Config,
+    db: &Arc<Database>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<crate::sync::transport::Sync>>, ServeError> {
+    use crate::sync::transport;
+    if !transport::configured(config) {
+        if !config.sync.peers.is_empty() {
+            return Err(ServeError::Refused(
+                "sync.peers is set but this node has no certificate: run `outpost init --ca-dir <cluster CA dir>` (or set sync.ca_cert/cert/key)".into(),
+            ));
+        }
+        tracing::info!("sync is off: this node has no certificate (`outpost init --ca-dir DIR` makes one)");
+        return Ok(None);
+    }
+    let sync = transport::start(config, Arc::clone(db), Arc::clone(metrics))?;
+    tracing::info!(listen = %sync.addr, peers = ?config.sync.peers, "sync listener up");
+    Ok(Some(Arc::new(sync)))
 }
 
 async fn expire_streams(state: web::Data<AppState>) {

@@ -11,7 +11,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/version", web::get().to(version))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/status", web::get().to(status));
 }
 
 pub async fn health() -> HttpResponse {
@@ -42,6 +43,26 @@ async fn ready(app: web::Data<AppState>) -> HttpResponse {
             .content_type("text/plain")
             .body("database not ready\n"),
     }
+}
+
+/// The node at a glance: identity, schema, change log, peers.
+async fn status(app: web::Data<AppState>) -> HttpResponse {
+    let log = app.db.events().log_vector();
+    let sync = match &app.sync {
+        Some(sync) => sync.status().await.unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::Null,
+    };
+    let meta = app.db.meta();
+    HttpResponse::Ok().json(serde_json::json!({
+        "node_id": meta.as_ref().map(|m| m.node_id.clone()).ok(),
+        "origin": meta.as_ref().map(|m| m.origin.to_string()).ok(),
+        "schema_version": meta.as_ref().map(|m| m.schema_version).ok(),
+        "schema_hash": meta.as_ref().map(|m| m.schema_hash.clone()).ok(),
+        "log": log.0.iter().map(|(o, s)| (o.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
+        "log_entries": log.total(),
+        "sync": sync,
+        "peers": sync.get("peers").cloned().unwrap_or(serde_json::json!([])),
+    }))
 }
 
 async fn metrics(app: web::Data<AppState>) -> HttpResponse {

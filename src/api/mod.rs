@@ -27,6 +27,8 @@ pub struct AppState {
     pub auth: Authenticator,
     pub streams: HttpStreams,
     pub metrics: Arc<Metrics>,
+    /// Replication, when this node has a certificate.
+    pub sync: Option<Arc<crate::sync::transport::Sync>>,
 }
 
 /// Routes of the client API listener.

@@ -24,6 +24,7 @@ pub mod classify;
 pub mod conn;
 mod dispatch;
 pub mod events;
+pub mod log;
 pub mod exec;
 mod readers;
 mod writer;
@@ -131,6 +132,8 @@ pub struct Database {
     commits: Arc<std::sync::atomic::AtomicU64>,
     /// What the writer announces after each commit (feed, replication).
     events: Arc<events::Events>,
+    /// A read-only connection for the change log (sync, status).
+    log: Arc<log::LogReader>,
     writer: writer::WriterHandle,
     readers: readers::ReaderPool,
     path: PathBuf,
@@ -153,9 +156,14 @@ impl Database {
             Arc::clone(&events),
         )?;
         let readers = readers::ReaderPool::start(&path, config, metrics, Arc::clone(&commits))?;
+        let log = log::LogReader::open(&path).map_err(|source| DbError::Open {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Database {
             commits,
             events,
+            log: Arc::new(log),
             writer,
             readers,
             path,
@@ -165,6 +173,18 @@ impl Database {
     /// Committed changes (live feed) and the log's version vector (sync).
     pub fn events(&self) -> &Arc<events::Events> {
         &self.events
+    }
+
+    /// The change-log reader (replication reads entries through it).
+    pub fn log(&self) -> &Arc<log::LogReader> {
+        &self.log
+    }
+
+    /// Node id, origin, schema version and hash.
+    pub fn meta(&self) -> Result<log::NodeMeta, SqlError> {
+        self.log
+            .meta()
+            .map_err(|e| SqlError::new("INTERNAL", format!("reading node metadata: {e}")))
     }
 
     pub fn path(&self) -> &std::path::Path {

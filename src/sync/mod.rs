@@ -10,4 +10,5 @@
 pub mod tls;
 pub mod core;
 pub mod proto;
+pub mod transport;
 pub mod vv;

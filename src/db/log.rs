@@ -1,0 +1,121 @@
+//! Reading the change log for replication: a read-only connection of its
+//! own (not a client reader: it must see `_outpost_*`, and a slow peer must
+//! not occupy a reader that clients wait for).
+
+use std::path::Path;
+
+use libsql_sys::rusqlite::{self, Connection, OpenFlags};
+use parking_lot::Mutex;
+
+use super::capture::LogEntry;
+use crate::sync::vv::VersionVector;
+
+/// What a node tells peers about itself, read from `_outpost_meta`.
+#[derive(Debug, Clone)]
+pub struct NodeMeta {
+    pub node_id: String,
+    pub origin: u64,
+    pub schema_version: i64,
+    /// SHA-256 of the user tables' SQL, in name order.
+    pub schema_hash: String,
+}
+
+pub struct LogReader {
+    conn: Mutex<Connection>,
+}
+
+impl LogReader {
+    pub fn open(path: &Path) -> rusqlite::Result<LogReader> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(LogReader {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn meta(&self) -> rusqlite::Result<NodeMeta> {
+        let conn = self.conn.lock();
+        let get = |key: &str| -> rusqlite::Result<String> {
+            conn.query_row(
+                "SELECT CAST(value AS TEXT) FROM _outpost_meta WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+        };
+        let node_id = get("node_id")?;
+        let schema_version = get("schema_version")?.parse().unwrap_or(0);
+        let schema: Vec<String> = conn
+            .prepare(
+                "SELECT name || ':' || coalesce(sql, '') FROM sqlite_master
+                 WHERE type = 'table' AND name NOT LIKE '\\_outpost\\_%' ESCAPE '\\'
+                   AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(schema.join("\n").as_bytes());
+        Ok(NodeMeta {
+            origin: crate::crdt::client_id_of(&node_id),
+            node_id,
+            schema_version,
+            schema_hash: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// Entries with `after[o] < seq <= upto[o]`, origin by origin in seq
+    /// order, at most `max_entries`, stopping once `max_bytes` of updates
+    /// are collected (always at least one entry if any qualifies), and per
+    /// origin stopping at the first entry from a schema newer than
+    /// `max_schema` (the peer could not apply it).
+    pub fn read(
+        &self,
+        after: &VersionVector,
+        upto: &VersionVector,
+        max_entries: usize,
+        max_bytes: usize,
+        max_schema: i64,
+    ) -> rusqlite::Result<Vec<LogEntry>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, hlc, tbl, pk, schema_version, \"update\" FROM _outpost_log
+             WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
+        )?;
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (origin, from, to) in upto.ahead_of(after) {
+            let left = max_entries - entries.len();
+            let mut rows = stmt.query(rusqlite::params![
+                origin as i64,
+                from as i64,
+                to as i64,
+                left as i64
+            ])?;
+            while let Some(row) = rows.next()? {
+                let entry = LogEntry {
+                    origin,
+                    seq: row.get::<_, i64>(0)? as u64,
+                    hlc: row.get::<_, i64>(1)? as u64,
+                    table: row.get(2)?,
+                    key: row.get(3)?,
+                    schema_version: row.get(4)?,
+                    update: row.get(5)?,
+                };
+                if entry.schema_version > max_schema {
+                    break;
+                }
+                if !entries.is_empty() && bytes + entry.update.len() > max_bytes {
+                    return Ok(entries);
+                }
+                bytes += entry.update.len();
+                entries.push(entry);
+            }
+            if entries.len() >= max_entries {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+}

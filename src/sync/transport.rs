@@ -1,0 +1,637 @@
+//! The sync transport: runs the sans-IO [`Core`] over real connections.
+//!
+//! - **Listener**: HTTPS on `sync.listen` with mutual TLS (a client must
+//!   present a certificate signed by the cluster CA); `GET /sync/v1/link`
+//!   upgrades to a WebSocket that carries one link.
+//! - **Dialer**: for each configured peer, a WebSocket over rustls with
+//!   this node's certificate, reconnected with the core's backoff.
+//! - **Driver**: one task owns the core. Everything that happens — a frame
+//!   arrived, a link closed, the log advanced (local commit or apply), a
+//!   read or an apply finished, a tick — becomes an [`Input`]; the driver
+//!   carries out the [`Output`]s: frames go to the link's writer task, log
+//!   reads run on a blocking thread with [`LogReader`], applies go to the
+//!   database's writer.
+//!
+//! Each link has a bounded outgoing queue; the core never has more than
+//! `sync.window_batches` batches in flight per link, so the queue only
+//! holds acks and heartbeats beyond that. A peer whose certificate names a
+//! node id must say the same node id in its Hello.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::core::{ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, LinkStatus, Output};
+use super::proto::Msg;
+use super::tls;
+use crate::config::Config;
+use crate::db::capture::{Applied, LogEntry};
+use crate::db::log::{LogReader, NodeMeta};
+use crate::db::Database;
+use crate::metrics::Metrics;
+
+/// Frames queued to one link's writer before the driver drops the link.
+const LINK_QUEUE: usize = 64;
+/// Events queued to the driver (backpressure for links' readers).
+const DRIVER_QUEUE: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot open the change log for reading: {0}")]
+    Log(#[from] libsql_sys::rusqlite::Error),
+    #[error("cannot listen on {addr} (sync.listen): {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("peer URL {0:?}: expected https://host:port")]
+    PeerUrl(String),
+}
+
+enum Event {
+    Input(Input),
+    /// A new link: where its outgoing frames go and whose it is.
+    Open {
+        link: LinkId,
+        tx: mpsc::Sender<Msg>,
+        label: String,
+    },
+    Status(tokio::sync::oneshot::Sender<serde_json::Value>),
+}
+
+/// A running sync layer.
+pub struct Sync {
+    pub addr: SocketAddr,
+    events: mpsc::Sender<Event>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl Sync {
+    /// The `/status` view of the peers (None if the driver stopped).
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.events.send(Event::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn stop(&self) {
+        self.server.stop(true).await;
+    }
+}
+
+/// Whether this node has what sync needs (a CA and a node certificate).
+pub fn configured(config: &Config) -> bool {
+    let (ca, cert, key) = config.sync.tls_paths(&config.node.data_dir);
+    ca.exists() && cert.exists() && key.exists()
+}
+
+struct Shared {
+    config: Config,
+    db: Arc<Database>,
+    metrics: Arc<Metrics>,
+    events: mpsc::Sender<Event>,
+    next_link: AtomicU64,
+    client_tls: Arc<rustls::ClientConfig>,
+    inbound: AtomicU64,
+}
+
+/// Binds the sync listener and starts the driver. Call inside the actix
+/// system (the listener and tasks run on it).
+pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Result<Sync, SyncError> {
+    let (ca, cert, key) = config.sync.tls_paths(&config.node.data_dir);
+    let server_tls = tls::server_config(&ca, &cert, &key)?;
+    let client_tls = Arc::new(tls::client_config(&ca, &cert, &key)?);
+    for url in &config.sync.peers {
+        host_port(url)?;
+    }
+    let log = Arc::clone(db.log());
+    let meta = log.meta()?;
+    let (events_tx, events_rx) = mpsc::channel(DRIVER_QUEUE);
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        db: Arc::clone(&db),
+        metrics,
+        events: events_tx.clone(),
+        next_link: AtomicU64::new(1),
+        client_tls,
+        inbound: AtomicU64::new(0),
+    });
+    let server_shared = Arc::clone(&shared);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(Arc::clone(&server_shared)))
+            .route("/sync/v1/link", web::get().to(accept_link))
+            .route("/", web::get().to(|| async { HttpResponse::Ok().body("outpost sync\n") }))
+    })
+    .on_connect(remember_peer_certificate)
+    .disable_signals()
+    .workers(1)
+    .shutdown_timeout(2)
+    .bind_rustls_0_23(&config.sync.listen, server_tls)
+    .map_err(|source| SyncError::Bind {
+        addr: config.sync.listen.clone(),
+        source,
+    })?;
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    actix_web::rt::spawn(watch_log(Arc::clone(&shared)));
+    actix_web::rt::spawn(tick(Arc::clone(&shared)));
+    let driver = Driver::new(shared, log, meta);
+    actix_web::rt::spawn(driver.run(events_rx));
+    Ok(Sync {
+        addr,
+        events: events_tx,
+        server: handle,
+    })
+}
+
+/// Splits `https://host:port[/...]` into the host (for TLS) and `host:port`.
+fn host_port(url: &str) -> Result<(String, String), SyncError> {
+    let bad = || SyncError::PeerUrl(url.to_string());
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), authority.to_string()))
+}
+
+/// The node id in the client certificate of an inbound connection.
+#[derive(Clone)]
+struct PeerCertificate(Option<String>);
+
+fn remember_peer_certificate(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    if let Some(stream) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
+        let (_, session) = stream.get_ref();
+        let node = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| tls::peer_node_id(cert.as_ref()));
+        ext.insert(PeerCertificate(node));
+    }
+}
+
+async fn accept_link(
+    shared: web::Data<Arc<Shared>>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let cert_node = req
+        .conn_data::<PeerCertificate>()
+        .and_then(|c| c.0.clone());
+    let open = shared.inbound.load(Ordering::Relaxed);
+    if open >= shared.config.sync.max_inbound as u64 {
+        return Ok(HttpResponse::ServiceUnavailable().json(json!({
+            "code": "SYNC_LINKS_EXHAUSTED",
+            "message": format!("sync.max_inbound ({}) peer links are open", shared.config.sync.max_inbound),
+        })));
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let max = shared.config.sync.max_message_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let label = format!(
+        "inbound:{}",
+        req.peer_addr().map_or_else(|| "?".into(), |a| a.to_string())
+    );
+    let shared = Arc::clone(&shared);
+    actix_web::rt::spawn(async move {
+        shared.inbound.fetch_add(1, Ordering::Relaxed);
+        serve_inbound(&shared, session, stream, cert_node, label).await;
+        shared.inbound.fetch_sub(1, Ordering::Relaxed);
+    });
+    Ok(response)
+}
+
+/// Registers a link with the driver; returns its id and outgoing queue.
+async fn open_link(
+    shared: &Shared,
+    peer: Option<usize>,
+    label: String,
+) -> Option<(LinkId, mpsc::Receiver<Msg>)> {
+    let link = shared.next_link.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let events = &shared.events;
+    events
+        .send(Event::Open {
+            link,
+            tx,
+            label,
+        })
+        .await
+        .ok()?;
+    events
+        .send(Event::Input(Input::Connected { link, peer }))
+        .await
+        .ok()?;
+    Some((link, rx))
+}
+
+/// Decodes a received frame; checks the Hello's node id against the
+/// certificate. Err closes the link.
+fn decode_frame(bytes: &[u8], cert_node: &Option<String>) -> Result<Msg, String> {
+    let msg = Msg::decode(bytes).map_err(|e| e.to_string())?;
+    if let (Msg::Hello(hello), Some(cert)) = (&msg, cert_node) {
+        if &hello.node_id != cert {
+            return Err(format!(
+                "the peer's certificate is for node {cert} but it says it is {}",
+                hello.node_id
+            ));
+        }
+    }
+    Ok(msg)
+}
+
+async fn serve_inbound(
+    shared: &Shared,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    cert_node: Option<String>,
+    label: String,
+) {
+    use actix_ws::AggregatedMessage as M;
+    let Some((link, mut outgoing)) = open_link(shared, None, label.clone()).await else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            frame = stream.recv() => {
+                let bytes = match frame {
+                    Some(Ok(M::Binary(bytes))) => bytes,
+                    Some(Ok(M::Ping(p))) => {
+                        if session.pong(&p).await.is_err() { break; }
+                        continue;
+                    }
+                    Some(Ok(M::Pong(_))) => continue,
+                    Some(Ok(M::Text(_))) => { tracing::warn!(peer = %label, "text frame on a sync link"); break; }
+                    Some(Ok(M::Close(_))) | None => break,
+                    Some(Err(e)) => { tracing::warn!(peer = %label, error = %e, "sync link read failed"); break; }
+                };
+                shared.metrics.sync_bytes_received_total.with_label_values(&[&label]).inc_by(bytes.len() as u64);
+                match decode_frame(&bytes, &cert_node) {
+                    Ok(msg) => {
+                        if shared.events.send(Event::Input(Input::Received { link, msg })).await.is_err() { break; }
+                    }
+                    Err(e) => { tracing::warn!(peer = %label, error = %e, "closing sync link"); break; }
+                }
+            }
+            msg = outgoing.recv() => {
+                let Some(msg) = msg else { break };
+                let bytes = msg.encode();
+                shared.metrics.sync_bytes_sent_total.with_label_values(&[&label]).inc_by(bytes.len() as u64);
+                if session.binary(bytes).await.is_err() { break; }
+            }
+        }
+    }
+    let _ = shared.events.send(Event::Input(Input::Closed { link })).await;
+    let _ = session.close(None).await;
+}
+
+/// Connects to configured peer `peer` and runs the link until it ends.
+async fn dial(shared: Arc<Shared>, peer: usize) {
+    let url = shared.config.sync.peers[peer].clone();
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared, &url)).await;
+    let (ws, cert_node) = match connected {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => return connect_failed(&shared, peer, &url, error).await,
+        Err(_) => return connect_failed(&shared, peer, &url, "timed out".into()).await,
+    };
+    let Some((link, mut outgoing)) = open_link(&shared, Some(peer), url.clone()).await else {
+        return;
+    };
+    let (mut sink, mut stream) = ws.split();
+    use tokio_tungstenite::tungstenite::Message as M;
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let bytes = match frame {
+                    Some(Ok(M::Binary(bytes))) => bytes,
+                    Some(Ok(M::Ping(_) | M::Pong(_) | M::Frame(_))) => continue,
+                    Some(Ok(M::Text(_))) => { tracing::warn!(peer = %url, "text frame on a sync link"); break; }
+                    Some(Ok(M::Close(_))) | None => break,
+                    Some(Err(e)) => { tracing::info!(peer = %url, error = %e, "sync link read failed"); break; }
+                };
+                shared.metrics.sync_bytes_received_total.with_label_values(&[&url]).inc_by(bytes.len() as u64);
+                match decode_frame(&bytes, &cert_node) {
+                    Ok(msg) => {
+                        if shared.events.send(Event::Input(Input::Received { link, msg })).await.is_err() { break; }
+                    }
+                    Err(e) => { tracing::warn!(peer = %url, error = %e, "closing sync link"); break; }
+                }
+            }
+            msg = outgoing.recv() => {
+                let Some(msg) = msg else { break };
+                let bytes = msg.encode();
+                shared.metrics.sync_bytes_sent_total.with_label_values(&[&url]).inc_by(bytes.len() as u64);
+                if sink.send(M::Binary(bytes)).await.is_err() { break; }
+            }
+        }
+    }
+    let _ = shared.events.send(Event::Input(Input::Closed { link })).await;
+    let _ = sink.close().await;
+}
+
+async fn connect_failed(shared: &Shared, peer: usize, url: &str, error: String) {
+    tracing::debug!(peer = %url, %error, "cannot connect to peer");
+    let _ = shared
+        .events
+        .send(Event::Input(Input::ConnectFailed { peer, error }))
+        .await;
+}
+
+type ClientWs = tokio_tungstenite::WebSocketStream<
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+>;
+
+async fn connect(shared: &Shared, url: &str) -> Result<(ClientWs, Option<String>), String> {
+    let (host, authority) = host_port(url).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(|e| format!("connect {authority}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("server name {host:?}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&shared.client_tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {authority}: {e}"))?;
+    let cert_node = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| tls::peer_node_id(cert.as_ref()));
+    let max = shared.config.sync.max_message_bytes;
+    let mut ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    ws_config.max_message_size = Some(max);
+    ws_config.max_frame_size = Some(max);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("wss://{authority}/sync/v1/link"),
+        tls,
+        Some(ws_config),
+    )
+    .await
+    .map_err(|e| format!("WebSocket with {authority}: {e}"))?;
+    Ok((ws, cert_node))
+}
+
+/// Tells the driver whenever the log advanced (local commits, applies).
+async fn watch_log(shared: Arc<Shared>) {
+    let mut watch = shared.db.events().log_watch();
+    loop {
+        let vv = watch.borrow_and_update().clone();
+        if shared
+            .events
+            .send(Event::Input(Input::LogAdvanced(vv)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn tick(shared: Arc<Shared>) {
+    let every = (shared.config.sync.heartbeat / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if shared.events.send(Event::Input(Input::Tick)).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    core: Core,
+    log: Arc<LogReader>,
+    meta: NodeMeta,
+    links: HashMap<LinkId, (mpsc::Sender<Msg>, String)>,
+    started: Instant,
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>, log: Arc<LogReader>, meta: NodeMeta) -> Driver {
+        let me = Identity {
+            node_id: meta.node_id.clone(),
+            origin: meta.origin,
+            schema_version: meta.schema_version,
+            schema_hash: meta.schema_hash.clone(),
+        };
+        let local = shared.db.events().log_vector();
+        let peers = shared.config.sync.peers.len();
+        let core = Core::new(CoreConfig::from_config(&shared.config.sync), me, local, peers, 0);
+        Driver {
+            shared,
+            core,
+            log,
+            meta,
+            links: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        tracing::info!(node = %self.meta.node_id, peers = self.shared.config.sync.peers.len(), "sync started");
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Open { link, tx, label, .. } => {
+                    self.links.insert(link, (tx, label));
+                }
+                Event::Input(input) => {
+                    if let Input::Closed { link } = &input {
+                        self.links.remove(link);
+                    }
+                    let outputs = self.core.handle(self.now(), input);
+                    for output in outputs {
+                        self.carry_out(output);
+                    }
+                    self.publish_state();
+                }
+                Event::Status(reply) => {
+                    let _ = reply.send(self.status_json());
+                }
+            }
+        }
+    }
+
+    fn label(&self, link: LinkId) -> String {
+        self.links
+            .get(&link)
+            .map_or_else(|| format!("link-{link}"), |(_, l)| l.clone())
+    }
+
+    fn carry_out(&mut self, output: Output) {
+        match output {
+            Output::Send { link, msg } => {
+                if let Msg::Entries(entries) = &msg {
+                    self.shared
+                        .metrics
+                        .sync_entries_sent_total
+                        .with_label_values(&[&self.label(link)])
+                        .inc_by(entries.len() as u64);
+                }
+                let Some((tx, label)) = self.links.get(&link) else {
+                    return;
+                };
+                if tx.try_send(msg).is_err() {
+                    tracing::warn!(peer = %label, "sync link queue full or closed: dropping the link");
+                    self.drop_link(link);
+                }
+            }
+            Output::ReadLog {
+                link,
+                after,
+                upto,
+                max_entries,
+                max_bytes,
+                max_schema,
+            } => {
+                let log = Arc::clone(&self.log);
+                let events = self.shared.events.clone();
+                tokio::task::spawn_blocking(move || {
+                    let entries = log
+                        .read(&after, &upto, max_entries, max_bytes, max_schema)
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "reading the change log failed");
+                            Vec::new()
+                        });
+                    let _ = events.blocking_send(Event::Input(Input::LogRead { link, entries }));
+                });
+            }
+            Output::Apply { link, peer, entries } => {
+                let label = self.label(link);
+                let shared = Arc::clone(&self.shared);
+                actix_web::rt::spawn(async move {
+                    let outcome = apply(&shared, &label, &peer, entries).await;
+                    let events = &shared.events;
+                    let vv = shared.db.events().log_vector();
+                    let _ = events.send(Event::Input(Input::LogAdvanced(vv))).await;
+                    let _ = events.send(Event::Input(Input::Applied { link, outcome })).await;
+                });
+            }
+            Output::Connect { peer } => {
+                actix_web::rt::spawn(dial(Arc::clone(&self.shared), peer));
+            }
+            Output::Close { link, reason } => {
+                tracing::info!(peer = %self.label(link), %reason, "closing sync link");
+                self.drop_link(link);
+            }
+        }
+    }
+
+    /// Dropping the sender ends the link's task, which closes the socket.
+    fn drop_link(&mut self, link: LinkId) {
+        if self.links.remove(&link).is_some() {
+            let outputs = self.core.handle(self.now(), Input::Closed { link });
+            for output in outputs {
+                self.carry_out(output);
+            }
+        }
+    }
+
+    fn publish_state(&self) {
+        let gauge = &self.shared.metrics.sync_peer_state;
+        gauge.reset();
+        for status in self.core.status() {
+            gauge
+                .with_label_values(&[&self.status_label(&status), status.state.as_str()])
+                .inc();
+        }
+    }
+
+    fn status_label(&self, status: &LinkStatus) -> String {
+        match (status.peer, status.link) {
+            (Some(p), _) => self.shared.config.sync.peers[p].clone(),
+            (None, Some(link)) => self.label(link),
+            (None, None) => "?".into(),
+        }
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let peers: Vec<serde_json::Value> = self
+            .core
+            .status()
+            .iter()
+            .map(|s| {
+                json!({
+                    "url": s.peer.map(|p| self.shared.config.sync.peers[p].clone()),
+                    "link": self.status_label(s),
+                    "node_id": s.node_id,
+                    "origin": s.origin.map(|o| o.to_string()),
+                    "state": s.state.as_str(),
+                    "paused": s.paused,
+                    "schema_version": s.remote_schema_version,
+                    "last_error": s.last_error,
+                    "behind": s.peer_has.as_ref().map(|has| behind(self.core.local(), has)),
+                    "entries_sent": s.stats.entries_sent,
+                    "entries_received": s.stats.entries_received,
+                })
+            })
+            .collect();
+        json!({
+            "listen": self.shared.config.sync.listen,
+            "peers": peers,
+        })
+    }
+}
+
+/// Entries the local log holds that a peer lacks.
+fn behind(local: &crate::sync::vv::VersionVector, peer: &crate::sync::vv::VersionVector) -> u64 {
+    local.ahead_of(peer).map(|(_, from, to)| to - from).sum()
+}
+
+/// Applies one batch through the writer; records metrics and lag.
+async fn apply(shared: &Shared, label: &str, peer: &str, entries: Vec<LogEntry>) -> ApplyOutcome {
+    let metrics = &shared.metrics;
+    metrics
+        .sync_entries_received_total
+        .with_label_values(&[label])
+        .inc_by(entries.len() as u64);
+    let hlcs: Vec<u64> = entries.iter().map(|e| e.hlc).collect();
+    let peer = if peer.is_empty() { label } else { peer };
+    match shared.db.apply(entries, peer).await {
+        Ok(outcomes) => {
+            let now_ms = crate::crdt::Hlc::now_ms();
+            let lag = metrics.sync_lag_seconds.with_label_values(&[label]);
+            for (outcome, hlc) in outcomes.iter().zip(hlcs) {
+                if *outcome == Applied::Applied {
+                    let wall_ms = hlc >> 16;
+                    lag.observe(now_ms.saturating_sub(wall_ms) as f64 / 1000.0);
+                }
+            }
+            match outcomes.iter().find_map(|o| match o {
+                Applied::Deferred(why) => Some(why.clone()),
+                _ => None,
+            }) {
+                Some(why) => ApplyOutcome::Deferred(why),
+                None => ApplyOutcome::Done,
+            }
+        }
+        Err(e) => ApplyOutcome::Failed(format!("{}: {}", e.code, e.message)),
+    }
+}
