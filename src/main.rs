@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use outpost::auth::{self, Access};
 use outpost::config::Config;
 
+mod dev;
+
 #[derive(Parser)]
 #[command(name = "outpost", version, about = "Edge-node sync gateway for libSQL")]
 struct Cli {
@@ -97,12 +99,16 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Run a local N-node cluster (not yet available).
+    /// Run a local N-node cluster on loopback, fully meshed, to try
+    /// replication out (node i gets ports base+10(i-1) .. +2: api, admin, sync).
     Dev {
         #[arg(long, default_value_t = 3)]
         nodes: u16,
         #[arg(long, default_value_t = 8080)]
         base_port: u16,
+        /// Where the nodes' data dirs and the cluster CA go.
+        #[arg(long, default_value = "./outpost-dev")]
+        dir: PathBuf,
     },
     /// Apply pending migrations (not yet available).
     Migrate {
@@ -229,7 +235,11 @@ fn main() -> Result<()> {
             let base = admin.unwrap_or_else(|| format!("http://{}", config.admin.listen));
             status(&base)
         }
-        Command::Dev { .. } => not_yet("dev", 5),
+        Command::Dev {
+            nodes,
+            base_port,
+            dir,
+        } => dev::run(nodes, base_port, &dir),
         Command::Migrate { .. } => not_yet("migrate", 10),
         Command::Check { common, digest } => {
             let config = load_config(&common)?;
