@@ -372,7 +372,14 @@ fn status(base: &str) -> Result<()> {
     let (_, version) = http_get(base, "/version")?;
     let (ready, _) = http_get(base, "/ready")?;
     let (_, metrics) = http_get(base, "/metrics")?;
+    let (_, node) = http_get(base, "/status")?;
     let version: serde_json::Value = serde_json::from_str(version.trim()).unwrap_or_default();
+    let node: serde_json::Value = serde_json::from_str(node.trim()).unwrap_or_default();
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
     let rows = [
         ("admin", base.to_string()),
         (
@@ -385,6 +392,16 @@ fn status(base: &str) -> Result<()> {
                 "yes".into()
             } else {
                 format!("no ({ready})")
+            },
+        ),
+        ("node id", text(&node["node_id"])),
+        ("schema version", text(&node["schema_version"])),
+        ("log entries", text(&node["log_entries"])),
+        (
+            "sync listener",
+            match &node["sync"]["listen"] {
+                serde_json::Value::Null => "off (no certificate)".into(),
+                v => text(v),
             },
         ),
         ("open streams", metric(&metrics, "outpost_streams_open")),
@@ -400,6 +417,29 @@ fn status(base: &str) -> Result<()> {
     ];
     for (k, v) in rows {
         println!("{k:<16} {v}");
+    }
+    let peers = node["peers"].as_array().cloned().unwrap_or_default();
+    if !peers.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:<12} {:<34} {:>8} {:>10} {:>10}  note",
+            "peer", "state", "node id", "behind", "sent", "received"
+        );
+        for p in peers {
+            let note = match (&p["paused"], &p["last_error"]) {
+                (serde_json::Value::String(s), _) | (_, serde_json::Value::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            println!(
+                "{:<32} {:<12} {:<34} {:>8} {:>10} {:>10}  {note}",
+                text(&p["link"]),
+                text(&p["state"]),
+                text(&p["node_id"]),
+                text(&p["behind"]),
+                text(&p["entries_sent"]),
+                text(&p["entries_received"]),
+            );
+        }
     }
     Ok(())
 }
