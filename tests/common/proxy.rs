@@ -269,7 +269,9 @@ async fn pump(
                 match from.try_read(&mut buf) {
                     Ok(0) => eof = true,
                     Ok(n) => {
-                        let delay = match f {
+                        // The fault now, not at the top of the loop: a
+                        // change made before these bytes were sent applies.
+                        let delay = match *fault.borrow() {
                             Fault::Delay(d) => d,
                             _ => Duration::ZERO,
                         };
