@@ -54,10 +54,19 @@ pub fn run(nodes: u16, base_port: u16, dir: &Path) -> Result<()> {
             .stderr(log)
             .spawn()
             .context("starting a node")?;
-        let ready = read_ready(&mut child)
-            .with_context(|| format!("node {} did not start; see {}", i + 1, data.join("outpost.log").display()))?;
+        let ready = read_ready(&mut child).with_context(|| {
+            format!(
+                "node {} did not start; see {}",
+                i + 1,
+                data.join("outpost.log").display()
+            )
+        })?;
         let token = token(&exe, &data)?;
-        println!("\nnode{}: {ready}\n  data: {}\n  token: {token}", i + 1, data.display());
+        println!(
+            "\nnode{}: {ready}\n  data: {}\n  token: {token}",
+            i + 1,
+            data.display()
+        );
         peers.push(format!("https://127.0.0.1:{sync}"));
         children.push(child);
     }

@@ -256,7 +256,9 @@ fn start_sync(
                 "sync.peers is set but this node has no certificate: run `outpost init --ca-dir <cluster CA dir>` (or set sync.ca_cert/cert/key)".into(),
             ));
         }
-        tracing::info!("sync is off: this node has no certificate (`outpost init --ca-dir DIR` makes one)");
+        tracing::info!(
+            "sync is off: this node has no certificate (`outpost init --ca-dir DIR` makes one)"
+        );
         return Ok(None);
     }
     let sync = transport::start(config, Arc::clone(db), Arc::clone(metrics))?;

@@ -188,6 +188,9 @@ impl RowView {
     }
 }
 
+/// A recorded local change: the yrs update and the change's `live`.
+pub type Recorded = (Vec<u8>, Option<bool>);
+
 /// A local write to a row, found by comparing the table to the document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -288,7 +291,7 @@ impl RowDoc {
         stamp: Stamp,
         row: Option<&[(String, Value)]>,
         compact_above: usize,
-    ) -> Result<Option<(Vec<u8>, Option<bool>)>, DocError> {
+    ) -> Result<Option<Recorded>, DocError> {
         let slots = self.slots()?;
         let mut view = RowView::default();
         for (_, slot) in &slots {

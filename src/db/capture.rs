@@ -497,7 +497,12 @@ impl Capture {
     }
 
     /// Stages the change event of a stored log entry.
-    fn stage_event(&self, entry: &LogEntry, op: Op, values: impl FnOnce() -> Option<Vec<(String, Value)>>) {
+    fn stage_event(
+        &self,
+        entry: &LogEntry,
+        op: Op,
+        values: impl FnOnce() -> Option<Vec<(String, Value)>>,
+    ) {
         let values = if self.events.has_subscribers() && op != Op::Delete {
             values()
         } else {
@@ -701,8 +706,7 @@ impl Capture {
                 "the entry claims this node's own origin",
             ));
         }
-        if entry.origin == 0 || entry.origin >= 1 << 53 || entry.seq == 0 || entry.seq >= 1 << 62
-        {
+        if entry.origin == 0 || entry.origin >= 1 << 53 || entry.seq == 0 || entry.seq >= 1 << 62 {
             return Some(Rejection::new("range", "origin or seq out of range"));
         }
         if entry.update.len() > self.config.max_update_bytes {

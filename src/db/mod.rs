@@ -24,8 +24,8 @@ pub mod classify;
 pub mod conn;
 mod dispatch;
 pub mod events;
-pub mod log;
 pub mod exec;
+pub mod log;
 mod readers;
 mod writer;
 

@@ -21,9 +21,9 @@ use libsql_sys::rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::capture::{Applied, Capture, CaptureError, LogEntry};
-use super::events::Events;
 use super::conn::{self, Guard, Role};
 use super::dispatch::Dispatch;
+use super::events::Events;
 use super::exec::{ExecCtx, ExecError, Session, WorkItem, WorkOutput};
 use super::{DbError, Job, JobReply, Lease, LeaseKind, SubmitError, TxnState};
 use crate::config::Config;
@@ -81,8 +81,8 @@ impl WriterHandle {
             source,
         })?;
         let capture = if config.crdt.enabled() {
-            let started =
-                guard.internal(|| Capture::start(&conn, &config.crdt, Arc::clone(&metrics), events));
+            let started = guard
+                .internal(|| Capture::start(&conn, &config.crdt, Arc::clone(&metrics), events));
             Some(started.map_err(|source| DbError::Capture {
                 path: path.to_owned(),
                 source,
@@ -254,7 +254,9 @@ impl Writer {
         self.guard.internal(|| {
             self.conn
                 .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")?;
-            let outcome = capture.apply(&self.conn, entries, peer).map_err(SqlError::from);
+            let outcome = capture
+                .apply(&self.conn, entries, peer)
+                .map_err(SqlError::from);
             let outcome = outcome.and_then(|applied| {
                 self.conn.execute_batch("COMMIT")?;
                 Ok(applied)

@@ -202,7 +202,10 @@ impl<'a> Reader<'a> {
     fn count(&mut self, min_item_bytes: usize) -> Result<usize, DecodeError> {
         let n = self.u64()?;
         if n > (self.0.len() / min_item_bytes) as u64 {
-            return Err(DecodeError(format!("{n} items cannot fit in {} bytes", self.0.len())));
+            return Err(DecodeError(format!(
+                "{n} items cannot fit in {} bytes",
+                self.0.len()
+            )));
         }
         Ok(n as usize)
     }
@@ -295,6 +298,9 @@ mod tests {
         let mut bytes = vec![TAG_BYE];
         put_u64(&mut bytes, 1 << 40);
         assert!(Msg::decode(&bytes).is_err());
-        assert!(Msg::decode(&[TAG_ACK, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
+        assert!(Msg::decode(&[
+            TAG_ACK, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f
+        ])
+        .is_err());
     }
 }

@@ -50,7 +50,10 @@ pub enum SyncError {
     #[error("cannot open the change log for reading: {0}")]
     Log(#[from] libsql_sys::rusqlite::Error),
     #[error("cannot listen on {addr} (sync.listen): {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("peer URL {0:?}: expected https://host:port")]
     PeerUrl(String),
 }
@@ -128,7 +131,10 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
         App::new()
             .app_data(web::Data::new(Arc::clone(&server_shared)))
             .route("/sync/v1/link", web::get().to(accept_link))
-            .route("/", web::get().to(|| async { HttpResponse::Ok().body("outpost sync\n") }))
+            .route(
+                "/",
+                web::get().to(|| async { HttpResponse::Ok().body("outpost sync\n") }),
+            )
     })
     .on_connect(remember_peer_certificate)
     .disable_signals()
@@ -189,9 +195,7 @@ async fn accept_link(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let cert_node = req
-        .conn_data::<PeerCertificate>()
-        .and_then(|c| c.0.clone());
+    let cert_node = req.conn_data::<PeerCertificate>().and_then(|c| c.0.clone());
     let open = shared.inbound.load(Ordering::Relaxed);
     if open >= shared.config.sync.max_inbound as u64 {
         return Ok(HttpResponse::ServiceUnavailable().json(json!({
@@ -207,7 +211,8 @@ async fn accept_link(
         .max_continuation_size(max);
     let label = format!(
         "inbound:{}",
-        req.peer_addr().map_or_else(|| "?".into(), |a| a.to_string())
+        req.peer_addr()
+            .map_or_else(|| "?".into(), |a| a.to_string())
     );
     let shared = Arc::clone(&shared);
     actix_web::rt::spawn(async move {
@@ -227,14 +232,7 @@ async fn open_link(
     let link = shared.next_link.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let events = &shared.events;
-    events
-        .send(Event::Open {
-            link,
-            tx,
-            label,
-        })
-        .await
-        .ok()?;
+    events.send(Event::Open { link, tx, label }).await.ok()?;
     events
         .send(Event::Input(Input::Connected { link, peer }))
         .await
@@ -298,7 +296,10 @@ async fn serve_inbound(
             }
         }
     }
-    let _ = shared.events.send(Event::Input(Input::Closed { link })).await;
+    let _ = shared
+        .events
+        .send(Event::Input(Input::Closed { link }))
+        .await;
     let _ = session.close(None).await;
 }
 
@@ -342,7 +343,10 @@ async fn dial(shared: Arc<Shared>, peer: usize) {
             }
         }
     }
-    let _ = shared.events.send(Event::Input(Input::Closed { link })).await;
+    let _ = shared
+        .events
+        .send(Event::Input(Input::Closed { link }))
+        .await;
     let _ = sink.close().await;
 }
 
@@ -354,9 +358,8 @@ async fn connect_failed(shared: &Shared, peer: usize, url: &str, error: String) 
         .await;
 }
 
-type ClientWs = tokio_tungstenite::WebSocketStream<
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
->;
+type ClientWs =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 async fn connect(shared: &Shared, url: &str) -> Result<(ClientWs, Option<String>), String> {
     let (host, authority) = host_port(url).map_err(|e| e.to_string())?;
@@ -377,9 +380,11 @@ async fn connect(shared: &Shared, url: &str) -> Result<(ClientWs, Option<String>
         .and_then(|chain| chain.first())
         .and_then(|cert| tls::peer_node_id(cert.as_ref()));
     let max = shared.config.sync.max_message_bytes;
-    let mut ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
-    ws_config.max_message_size = Some(max);
-    ws_config.max_frame_size = Some(max);
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        max_message_size: Some(max),
+        max_frame_size: Some(max),
+        ..Default::default()
+    };
     let (ws, _) = tokio_tungstenite::client_async_with_config(
         format!("wss://{authority}/sync/v1/link"),
         tls,
@@ -410,7 +415,8 @@ async fn watch_log(shared: Arc<Shared>) {
 }
 
 async fn tick(shared: Arc<Shared>) {
-    let every = (shared.config.sync.heartbeat / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let every = (shared.config.sync.heartbeat / 4)
+        .clamp(Duration::from_millis(10), Duration::from_millis(250));
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -440,7 +446,13 @@ impl Driver {
         };
         let local = shared.db.events().log_vector();
         let peers = shared.config.sync.peers.len();
-        let core = Core::new(CoreConfig::from_config(&shared.config.sync), me, local, peers, 0);
+        let core = Core::new(
+            CoreConfig::from_config(&shared.config.sync),
+            me,
+            local,
+            peers,
+            0,
+        );
         Driver {
             shared,
             core,
@@ -459,7 +471,9 @@ impl Driver {
         tracing::info!(node = %self.meta.node_id, peers = self.shared.config.sync.peers.len(), "sync started");
         while let Some(event) = events.recv().await {
             match event {
-                Event::Open { link, tx, label, .. } => {
+                Event::Open {
+                    link, tx, label, ..
+                } => {
                     self.links.insert(link, (tx, label));
                 }
                 Event::Input(input) => {
@@ -523,7 +537,11 @@ impl Driver {
                     let _ = events.blocking_send(Event::Input(Input::LogRead { link, entries }));
                 });
             }
-            Output::Apply { link, peer, entries } => {
+            Output::Apply {
+                link,
+                peer,
+                entries,
+            } => {
                 let label = self.label(link);
                 let shared = Arc::clone(&self.shared);
                 actix_web::rt::spawn(async move {
@@ -531,7 +549,9 @@ impl Driver {
                     let events = &shared.events;
                     let vv = shared.db.events().log_vector();
                     let _ = events.send(Event::Input(Input::LogAdvanced(vv))).await;
-                    let _ = events.send(Event::Input(Input::Applied { link, outcome })).await;
+                    let _ = events
+                        .send(Event::Input(Input::Applied { link, outcome }))
+                        .await;
                 });
             }
             Output::Connect { peer } => {
