@@ -5,7 +5,7 @@
 //! - every row of a replicated table equals its document, and every live
 //!   document has its row (deleted documents have none);
 //! - every document equals the merge of its log entries (the log covers it);
-//! - `seq` is dense (1..=n) for every origin.
+//! - `seq` is dense (1..=n) for every origin, counting quarantined entries.
 //!
 //! With `--digest` it also hashes the replicated tables, in primary-key
 //! order, so that two converged nodes print the same digest.
@@ -296,8 +296,20 @@ fn check_log_covers_documents(conn: &Connection, report: &mut CheckReport) -> ru
 }
 
 fn check_seq_dense(conn: &Connection, report: &mut CheckReport) -> rusqlite::Result<()> {
-    let mut stmt = conn
-        .prepare("SELECT origin, count(*), min(seq), max(seq) FROM _outpost_log GROUP BY origin")?;
+    // Quarantined entries (refused remote changes) fill their place in the sequence.
+    let quarantine: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = '_outpost_quarantine'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    let held = if quarantine {
+        "SELECT origin, seq FROM _outpost_log UNION SELECT origin, seq FROM _outpost_quarantine"
+    } else {
+        "SELECT origin, seq FROM _outpost_log"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT origin, count(*), min(seq), max(seq) FROM ({held}) GROUP BY origin"
+    ))?;
     let rows: Vec<(i64, i64, i64, i64)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
