@@ -157,7 +157,8 @@ impl Cluster {
     /// Waits until every node has the same log vector and the same digest,
     /// with `outpost check` clean on every node; returns the digest.
     fn wait_converged(&self, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         loop {
             let last;
             let logs: Vec<Value> = self
@@ -166,8 +167,24 @@ impl Cluster {
                 .map(|n| n.status()["log"].clone())
                 .collect();
             if logs.iter().all(|l| *l == logs[0]) {
-                let checks: Vec<(bool, String)> =
-                    self.nodes.iter().map(|n| n.check(&["--digest"])).collect();
+                let t = Instant::now();
+                let checks: Vec<(bool, String)> = std::thread::scope(|s| {
+                    let runs: Vec<_> = self
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            let dir = n.data_dir().to_path_buf();
+                            s.spawn(move || check_dir(&dir, &["--digest"]))
+                        })
+                        .collect();
+                    runs.into_iter().map(|r| r.join().unwrap()).collect()
+                });
+                eprintln!(
+                    "logs equal after {:.1?}; `outpost check --digest` on {} nodes took {:.1?}",
+                    t - start,
+                    self.nodes.len(),
+                    t.elapsed()
+                );
                 let digests: Vec<Option<String>> = checks
                     .iter()
                     .map(|(_, out)| common::digest_of(out))
@@ -228,6 +245,30 @@ impl Cluster {
         )
     }
 
+    /// Proxy counters and what the nodes logged (warnings and up), briefly.
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        for l in &self.links {
+            if let Some(p) = &l.proxy {
+                out += &format!(
+                    "link n{}→n{}: {} connections, {} bytes\n",
+                    l.from + 1,
+                    l.to + 1,
+                    p.accepted(),
+                    p.bytes()
+                );
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let lines = n.stderr_lines();
+            out += &format!("n{}: {} log line(s)\n", i + 1, lines.len());
+            for l in lines.iter().take(8) {
+                out += &format!("    n{} | {l}\n", i + 1);
+            }
+        }
+        out
+    }
+
     /// Status, proxy counters and recent stderr of every node, for failure messages.
     fn report(&self) -> String {
         let mut out = String::new();
@@ -257,6 +298,15 @@ impl Cluster {
         }
         out
     }
+}
+
+/// `outpost check [extra] --data-dir DIR`: (exit 0, stdout + stderr).
+fn check_dir(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["check"];
+    args.extend_from_slice(extra);
+    args.extend(["--data-dir", dir.to_str().unwrap()]);
+    let (status, out, err) = common::run(&args);
+    (status.success(), format!("{out}{err}"))
 }
 
 fn connected_peers(status: &Value) -> Vec<Value> {
@@ -817,6 +867,16 @@ fn three_nodes_converge_through_partitions() {
     cluster
         .wait_connected(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{ctx} after the heal: {e}"));
+    for l in &cluster.links {
+        let p = l.proxy.as_ref().unwrap();
+        assert!(
+            p.bytes() > 0,
+            "{ctx} nothing went through the proxy of n{}→n{}",
+            l.from + 1,
+            l.to + 1
+        );
+    }
+    eprintln!("{}", cluster.summary());
 }
 
 // ---------------------------------------------------------------------------
