@@ -326,10 +326,12 @@ impl Core {
     }
 
     fn on_closed(&mut self, link: LinkId) {
-        let Some(closed) = self.links.remove(&link) else {
+        if self.links.remove(&link).is_none() {
             return;
-        };
-        if let Some(p) = closed.peer {
+        }
+        // The peer that made the link, or that uses it since its own link
+        // lost to it as a duplicate.
+        for p in 0..self.peers.len() {
             if self.peers[p].link == Some(link) {
                 self.peers[p].link = None;
                 self.schedule_retry(p);
@@ -383,10 +385,8 @@ impl Core {
         if hello.origin == self.me.origin {
             return self.close(link, "connected to itself");
         }
-        if let Some(keep_other) = self.duplicate_of(link, &hello) {
-            if keep_other {
-                return self.close(link, "a link to this node exists");
-            }
+        if self.duplicate_of(link, &hello) == Some(true) {
+            return; // closed
         }
         let l = self.links.get_mut(&link).expect("caller checked");
         l.sent = hello.have.clone();
@@ -399,10 +399,10 @@ impl Core {
     }
 
     /// If another established link leads to the same node, decides which
-    /// one stays: Some(true) keeps the other (close this one); Some(false)
-    /// closes the other. Both nodes decide alike: the link started by the
-    /// node with the smaller origin stays; between two links started by the
-    /// same node, the newer one.
+    /// one stays and closes the one that goes: Some(true) keeps the other
+    /// (this one is closed); Some(false) closes the other. Both nodes
+    /// decide alike: the link started by the node with the smaller origin
+    /// stays; between two links started by the same node, the newer one.
     fn duplicate_of(&mut self, link: LinkId, hello: &Hello) -> Option<bool> {
         let this_outbound = self.links[&link].peer.is_some();
         let other = self.links.iter().find_map(|(&id, l)| {
@@ -417,10 +417,29 @@ impl Core {
             let i_am_smaller = self.me.origin < hello.origin;
             mine_started_by_me != i_am_smaller
         };
-        if !keep_other {
-            self.close(other_id, "replaced by another link to the same node");
+        if keep_other {
+            self.close_duplicate(link, other_id, "a link to this node exists");
+        } else {
+            self.close_duplicate(other_id, link, "replaced by another link to the same node");
         }
         Some(keep_other)
+    }
+
+    /// Closes `closed`, a duplicate of `kept`. A configured peer whose
+    /// link was `closed` uses `kept` from now on: it reconnects when
+    /// `kept` closes, not at once (else the node that lost the rule would
+    /// reconnect, and be refused, every `retry_max` forever).
+    fn close_duplicate(&mut self, closed: LinkId, kept: LinkId, reason: &str) {
+        let adopting: Vec<PeerId> = (0..self.peers.len())
+            .filter(|&p| self.peers[p].link == Some(closed))
+            .collect();
+        self.close(closed, reason);
+        for p in adopting {
+            let peer = &mut self.peers[p];
+            peer.link = Some(kept);
+            peer.backoff = self.config.retry_min;
+            peer.last_error = None;
+        }
     }
 
     fn on_entries(&mut self, link: LinkId, entries: Vec<LogEntry>) {
