@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -68,8 +68,10 @@ struct Link {
 
 struct Cluster {
     /// The cluster CA (kept until the nodes are gone).
-    _ca: tempfile::TempDir,
+    ca: tempfile::TempDir,
     nodes: Vec<Server>,
+    /// Each node's `--peer` URLs.
+    peers: Vec<Vec<String>>,
     links: Vec<Link>,
 }
 
@@ -80,6 +82,7 @@ impl Cluster {
     fn start(n: usize, edges: &[(usize, usize)], proxied: bool) -> Cluster {
         let ca = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Server> = Vec::new();
+        let mut all_peers = Vec::new();
         let mut links = Vec::new();
         for i in 0..n {
             let mut peers = Vec::new();
@@ -95,14 +98,16 @@ impl Cluster {
                 peers.push(url);
                 links.push(Link { from, to, proxy });
             }
-            nodes.push(start_node(ca.path(), peers));
+            nodes.push(start_node(ca.path(), peers.clone()));
+            all_peers.push(peers);
         }
         for node in &nodes {
             node.sql(TABLE, vec![]);
         }
         Cluster {
-            _ca: ca,
+            ca,
             nodes,
+            peers: all_peers,
             links,
         }
     }
@@ -110,6 +115,28 @@ impl Cluster {
     fn mesh(n: usize, proxied: bool) -> Cluster {
         let edges: Vec<_> = (0..n).flat_map(|i| (0..i).map(move |j| (i, j))).collect();
         Self::start(n, &edges, proxied)
+    }
+
+    /// Restarts node `i` (SIGKILLed or not) on its data dir with its peers;
+    /// proxies leading to it follow its new sync port.
+    fn restart(&mut self, i: usize) {
+        let old = self.nodes.remove(i);
+        let mut env = sync_env();
+        env.push(("OUTPOST_LOG", log_filter()));
+        let node = old.restart(Options {
+            ca_dir: Some(self.ca.path()),
+            sync_listen: Some("127.0.0.1:0".into()),
+            peers: self.peers[i].clone(),
+            env,
+            ..Options::default()
+        });
+        let sync = node.sync.clone().expect("sync= after a restart");
+        for l in self.links.iter().filter(|l| l.to == i) {
+            if let Some(p) = &l.proxy {
+                p.set_target(common::proxy::parse_addr(&sync));
+            }
+        }
+        self.nodes.insert(i, node);
     }
 
     /// Sets `fault` on every link of node `i`.
@@ -529,8 +556,10 @@ struct WriterReport {
     slowest: Duration,
 }
 
+/// Writes through `handle`'s client until `stop`; while the handle is None
+/// (the node is down) it waits.
 fn run_writer(
-    node: &common::Client,
+    handle: &Mutex<Option<common::Client>>,
     idx: usize,
     mut rng: StdRng,
     stop: &AtomicBool,
@@ -543,6 +572,11 @@ fn run_writer(
     let mut next = 0i64;
     let mut op = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        let Some(node) = handle.lock().unwrap().clone() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let node = &node;
         op += 1;
         let tag = format!("n{} op{op}", idx + 1);
         let roll = rng.gen_range(0..100);
@@ -790,7 +824,7 @@ fn three_nodes_converge_through_partitions() {
             .map(|(i, node)| {
                 let rng = StdRng::seed_from_u64(rng.gen());
                 let stop = stop.clone();
-                let node = node.client();
+                let node = Mutex::new(Some(node.client()));
                 s.spawn(move || run_writer(&node, i, rng, &stop))
             })
             .collect();
@@ -876,6 +910,151 @@ fn three_nodes_converge_through_partitions() {
             l.to + 1
         );
     }
+    eprintln!("{}", cluster.summary());
+}
+
+// ---------------------------------------------------------------------------
+// kill -9 while replicating
+
+/// Nodes are SIGKILLed at seeded moments while all three write and
+/// replicate — often right after a partition heals, while the victim applies
+/// a backlog — then `outpost check` runs on the dead node's files (an applied
+/// entry is in the table, the document and the log, or in none), the node
+/// restarts on its data dir, and at the end everything converges with every
+/// acknowledged write everywhere. `OUTPOST_REPL_KILLS` sets the number of
+/// kills (default 3).
+#[test]
+fn killed_nodes_catch_up_after_restart() {
+    let seed = seed("OUTPOST_REPL_SEED");
+    let kills: usize = std::env::var("OUTPOST_REPL_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    eprintln!("kill test: seed {seed} (replay with OUTPOST_REPL_SEED={seed})");
+    let ctx = format!("[seed={seed}; replay with OUTPOST_REPL_SEED={seed}]");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let mut cluster = Cluster::mesh(3, true);
+    cluster
+        .wait_connected(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{ctx} {e}"));
+    for id in 1..=SHARED {
+        cluster.nodes[0].sql(
+            "INSERT INTO t(id, a, b, n) VALUES (?, ?, '', ?)",
+            vec![int_arg(id), text_arg(&format!("shared {id}")), int_arg(id)],
+        );
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        wait_for(
+            &format!("shared rows on n{}", i + 1),
+            Duration::from_secs(20),
+            || node.rows("SELECT count(*) FROM t", vec![])[0][0] == int_arg(SHARED),
+        )
+        .unwrap_or_else(|e| panic!("{ctx} {e}\n{}", cluster.report()));
+    }
+
+    let handles: Vec<Mutex<Option<common::Client>>> = cluster
+        .nodes
+        .iter()
+        .map(|n| Mutex::new(Some(n.client())))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let reports: Vec<WriterReport> = std::thread::scope(|s| {
+        let writers: Vec<_> = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let rng = StdRng::seed_from_u64(rng.gen());
+                let stop = &stop;
+                s.spawn(move || run_writer(h, i, rng, stop))
+            })
+            .collect();
+        let mut history = Vec::new();
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for kill in 1..=kills {
+                std::thread::sleep(Duration::from_millis(rng.gen_range(300..=1500)));
+                let victim = rng.gen_range(0..3);
+                if rng.gen_bool(0.7) {
+                    // A backlog for the victim to apply when it dies.
+                    let cut = Duration::from_millis(rng.gen_range(500..=2500));
+                    cluster.isolate(victim, Fault::Blackhole);
+                    std::thread::sleep(cut);
+                    cluster.isolate(victim, Fault::Pass);
+                    history.push(format!(
+                        "{:>6.2?} n{} cut off for {cut:?}",
+                        started.elapsed(),
+                        victim + 1
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(rng.gen_range(0..=400)));
+                *handles[victim].lock().unwrap() = None;
+                cluster.nodes[victim].kill();
+                history.push(format!(
+                    "{:>6.2?} kill -9 n{}",
+                    started.elapsed(),
+                    victim + 1
+                ));
+                let (ok, out) = check_dir(cluster.nodes[victim].data_dir(), &[]);
+                assert!(
+                    ok,
+                    "{ctx} kill {kill}: `outpost check` on n{} after kill -9:\n{out}",
+                    victim + 1
+                );
+                cluster.restart(victim);
+                *handles[victim].lock().unwrap() = Some(cluster.nodes[victim].client());
+                history.push(format!(
+                    "{:>6.2?} n{} restarted",
+                    started.elapsed(),
+                    victim + 1
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(rng.gen_range(300..=1000)));
+        }));
+        stop.store(true, Ordering::SeqCst);
+        eprintln!("kill schedule:\n  {}", history.join("\n  "));
+        let reports = writers
+            .into_iter()
+            .map(|h| h.join().expect("writer panicked"))
+            .collect();
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
+        reports
+    });
+
+    let acked: usize = reports.iter().map(|r| r.acked).sum();
+    eprintln!(
+        "{ctx} writes: {} acked, {} unknown, {} failed",
+        acked,
+        reports.iter().map(|r| r.unknown).sum::<usize>(),
+        reports.iter().map(|r| r.failed.len()).sum::<usize>(),
+    );
+    let failed: Vec<_> = reports
+        .iter()
+        .flat_map(|r| r.failed.iter())
+        .take(10)
+        .collect();
+    assert!(failed.is_empty(), "{ctx} writes failed: {failed:#?}");
+    let digest = cluster
+        .wait_converged(CONVERGE)
+        .unwrap_or_else(|e| panic!("{ctx} {e}"));
+    eprintln!("{ctx} converged: digest {digest}");
+    let errors = verify_rows(&cluster, &reports);
+    assert!(
+        errors.is_empty(),
+        "{ctx} {} problem(s):\n{}",
+        errors.len(),
+        errors
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    cluster
+        .wait_connected(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{ctx} after the restarts: {e}"));
     eprintln!("{}", cluster.summary());
 }
 
