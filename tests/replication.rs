@@ -187,13 +187,12 @@ impl Cluster {
         let start = Instant::now();
         let deadline = start + timeout;
         loop {
-            let last;
             let logs: Vec<Value> = self
                 .nodes
                 .iter()
                 .map(|n| n.status()["log"].clone())
                 .collect();
-            if logs.iter().all(|l| *l == logs[0]) {
+            let last = if logs.iter().all(|l| *l == logs[0]) {
                 let t = Instant::now();
                 let checks: Vec<(bool, String)> = std::thread::scope(|s| {
                     let runs: Vec<_> = self
@@ -222,7 +221,7 @@ impl Cluster {
                 {
                     return Ok(digests[0].clone().unwrap());
                 }
-                last = format!(
+                format!(
                     "logs equal ({}), but checks/digests: {}",
                     logs[0],
                     checks
@@ -230,16 +229,16 @@ impl Cluster {
                         .enumerate()
                         .map(|(i, (ok, out))| format!("\n  n{}: ok={ok} {}", i + 1, out.trim()))
                         .collect::<String>()
-                );
+                )
             } else {
-                last = format!(
+                format!(
                     "logs differ: {}",
                     logs.iter()
                         .enumerate()
                         .map(|(i, l)| format!("\n  n{}: {l}", i + 1))
                         .collect::<String>()
-                );
-            }
+                )
+            };
             if Instant::now() > deadline {
                 return Err(format!(
                     "not converged within {timeout:?}: {last}\n{}\n{}",
@@ -253,8 +252,7 @@ impl Cluster {
 
     /// Rows that differ between nodes (first 20).
     fn table_diff(&self) -> String {
-        let tables: Vec<BTreeMap<i64, Vec<Value>>> =
-            self.nodes.iter().map(|n| read_table(n)).collect();
+        let tables: Vec<BTreeMap<i64, Vec<Value>>> = self.nodes.iter().map(read_table).collect();
         let ids: BTreeSet<i64> = tables.iter().flat_map(|t| t.keys().copied()).collect();
         let mut out = Vec::new();
         for id in ids {
