@@ -453,10 +453,17 @@ impl Config {
         if self.sync.peer_timeout <= self.sync.heartbeat {
             return invalid("sync.peer_timeout must be longer than sync.heartbeat".into());
         }
-        if self.sync.batch_bytes + 64 * 1024 > self.sync.max_message_bytes {
-            return invalid(
-                "sync.max_message_bytes must exceed sync.batch_bytes by at least 64 KiB".into(),
-            );
+        // A batch holds up to batch_bytes, or one entry of up to
+        // max_update_bytes; per-entry framing is small (a few varints).
+        let largest_batch =
+            self.sync.batch_bytes.max(self.crdt.max_update_bytes) + self.sync.batch_entries * 64;
+        if largest_batch + 64 * 1024 > self.sync.max_message_bytes {
+            return invalid(format!(
+                "sync.max_message_bytes ({}) must exceed the largest batch (the larger of \
+                 sync.batch_bytes and crdt.max_update_bytes, plus 64 bytes per \
+                 sync.batch_entries: {largest_batch}) by at least 64 KiB",
+                self.sync.max_message_bytes
+            ));
         }
         for peer in &self.sync.peers {
             if !peer.starts_with("https://") {

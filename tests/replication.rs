@@ -1517,9 +1517,6 @@ impl Alive for Server {
 /// refused at write time or replicated; and neither may hold back the small
 /// writes after it.
 #[test]
-#[ignore = "bug: capture accepts a local update larger than crdt.max_update_bytes, which every peer \
-            quarantines (silent divergence); one larger than sync.max_message_bytes stalls \
-            replication from its origin for good (the link is dropped and the batch resent forever)"]
 fn large_values_replicate_or_are_refused() {
     let cluster = Cluster::start(2, &[(1, 0)], false);
     cluster.wait_connected(Duration::from_secs(20)).unwrap();

@@ -60,6 +60,13 @@ pub enum CaptureError {
     /// COMMIT itself failed (e.g. a deferred foreign key): not capture's fault.
     #[error("{0}")]
     Commit(rusqlite::Error),
+    #[error("the change to {table} {key} would be a {size}-byte update, more than crdt.max_update_bytes ({max}); peers would refuse it, so it is refused here (store large values outside the replicated tables, or raise the limit on every node)")]
+    TooLarge {
+        table: String,
+        key: String,
+        size: usize,
+        max: usize,
+    },
     #[error("{given} entries in one apply call; crdt.max_apply_batch is {max}")]
     BatchTooLarge { given: usize, max: usize },
 }
@@ -68,6 +75,9 @@ impl From<CaptureError> for SqlError {
     fn from(e: CaptureError) -> Self {
         if let CaptureError::Commit(e) = e {
             return SqlError::from(e);
+        }
+        if let CaptureError::TooLarge { .. } = e {
+            return SqlError::new("OUTPOST_CHANGE_TOO_LARGE", e.to_string());
         }
         SqlError::new(
             "OUTPOST_CAPTURE",
@@ -86,6 +96,14 @@ pub struct LogEntry {
     pub key: String,
     pub schema_version: i64,
     pub update: Vec<u8>,
+}
+
+impl LogEntry {
+    /// The bytes an entry weighs against `crdt.max_update_bytes` and the
+    /// sync batch budget: its update plus its table name and key.
+    pub fn size(&self) -> usize {
+        self.update.len() + self.table.len() + self.key.len()
+    }
 }
 
 /// What became of one remote entry.
@@ -567,6 +585,14 @@ impl Capture {
                 schema_version: self.schema_version,
                 update,
             };
+            if entry.size() > self.config.max_update_bytes {
+                return Err(CaptureError::TooLarge {
+                    size: entry.size(),
+                    max: self.config.max_update_bytes,
+                    key: entry.key.chars().take(64).collect(),
+                    table: entry.table,
+                });
+            }
             self.store(conn, &entry, doc.encode())?;
             let op = match live {
                 Some(true) => Op::Insert,
@@ -709,12 +735,12 @@ impl Capture {
         if entry.origin == 0 || entry.origin >= 1 << 53 || entry.seq == 0 || entry.seq >= 1 << 62 {
             return Some(Rejection::new("range", "origin or seq out of range"));
         }
-        if entry.update.len() > self.config.max_update_bytes {
+        if entry.size() > self.config.max_update_bytes {
             return Some(Rejection::new(
                 "too_large",
                 format!(
                     "update of {} bytes is larger than crdt.max_update_bytes ({})",
-                    entry.update.len(),
+                    entry.size(),
                     self.config.max_update_bytes
                 ),
             ));

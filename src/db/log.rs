@@ -106,10 +106,10 @@ impl LogReader {
                 if entry.schema_version > max_schema {
                     break;
                 }
-                if !entries.is_empty() && bytes + entry.update.len() > max_bytes {
+                if !entries.is_empty() && bytes + entry.size() > max_bytes {
                     return Ok(entries);
                 }
-                bytes += entry.update.len();
+                bytes += entry.size();
                 entries.push(entry);
             }
             if entries.len() >= max_entries {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -103,6 +104,18 @@ struct Shared {
     next_link: AtomicU64,
     client_tls: Arc<rustls::ClientConfig>,
     inbound: AtomicU64,
+    /// The sync listener's bound address.
+    addr: Mutex<Option<SocketAddr>>,
+    /// Per peer node id: the last lag observed (seconds), entries quarantined.
+    peer_stats: Mutex<HashMap<String, PeerStats>>,
+    /// Per configured peer: why its last link ended or failed.
+    peer_errors: Mutex<HashMap<usize, String>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct PeerStats {
+    lag_seconds: f64,
+    rejected: u64,
 }
 
 /// Binds the sync listener and starts the driver. Call inside the actix
@@ -125,6 +138,9 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
         next_link: AtomicU64::new(1),
         client_tls,
         inbound: AtomicU64::new(0),
+        addr: Mutex::new(None),
+        peer_stats: Mutex::new(HashMap::new()),
+        peer_errors: Mutex::new(HashMap::new()),
     });
     let server_shared = Arc::clone(&shared);
     let server = HttpServer::new(move || {
@@ -146,6 +162,7 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
         source,
     })?;
     let addr = server.addrs()[0];
+    *shared.addr.lock() = Some(addr);
     let server = server.run();
     let handle = server.handle();
     actix_web::rt::spawn(server);
@@ -209,15 +226,12 @@ async fn accept_link(
         .max_frame_size(max)
         .aggregate_continuations()
         .max_continuation_size(max);
-    let label = format!(
-        "inbound:{}",
-        req.peer_addr()
-            .map_or_else(|| "?".into(), |a| a.to_string())
-    );
     let shared = Arc::clone(&shared);
     actix_web::rt::spawn(async move {
         shared.inbound.fetch_add(1, Ordering::Relaxed);
-        serve_inbound(&shared, session, stream, cert_node, label).await;
+        let socket = Inbound { session, stream };
+        // Labelled "inbound" until its Hello names it (bounded metric labels).
+        run_link(&shared, socket, None, cert_node, "inbound".into()).await;
         shared.inbound.fetch_sub(1, Ordering::Relaxed);
     });
     Ok(response)
@@ -255,52 +269,134 @@ fn decode_frame(bytes: &[u8], cert_node: &Option<String>) -> Result<Msg, String>
     Ok(msg)
 }
 
-async fn serve_inbound(
+/// One received WebSocket frame, as a link cares about it.
+enum Frame {
+    Binary(Vec<u8>),
+    /// Ping, pong: nothing for the core.
+    Control,
+    Closed,
+}
+
+/// The two WebSocket implementations (actix-ws for links peers opened,
+/// tungstenite for links this node opened) behind one face.
+trait LinkSocket {
+    async fn recv(&mut self) -> Result<Frame, String>;
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    async fn close(self);
+}
+
+struct Inbound {
+    session: actix_ws::Session,
+    stream: actix_ws::AggregatedMessageStream,
+}
+
+impl LinkSocket for Inbound {
+    async fn recv(&mut self) -> Result<Frame, String> {
+        use actix_ws::AggregatedMessage as M;
+        match self.stream.recv().await {
+            Some(Ok(M::Binary(bytes))) => Ok(Frame::Binary(bytes.to_vec())),
+            Some(Ok(M::Ping(p))) => {
+                let _ = self.session.pong(&p).await;
+                Ok(Frame::Control)
+            }
+            Some(Ok(M::Pong(_))) => Ok(Frame::Control),
+            Some(Ok(M::Text(_))) => Err("a text frame on a sync link".into()),
+            Some(Ok(M::Close(_))) | None => Ok(Frame::Closed),
+            Some(Err(e)) => Err(format!(
+                "reading from the link failed (a message over sync.max_message_bytes?): {e}"
+            )),
+        }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        self.session.binary(bytes).await.map_err(|e| e.to_string())
+    }
+
+    async fn close(self) {
+        let _ = self.session.close(None).await;
+    }
+}
+
+struct Outbound(ClientWs);
+
+impl LinkSocket for Outbound {
+    async fn recv(&mut self) -> Result<Frame, String> {
+        use tokio_tungstenite::tungstenite::Message as M;
+        match self.0.next().await {
+            Some(Ok(M::Binary(bytes))) => Ok(Frame::Binary(bytes)),
+            Some(Ok(M::Ping(_) | M::Pong(_) | M::Frame(_))) => Ok(Frame::Control),
+            Some(Ok(M::Text(_))) => Err("a text frame on a sync link".into()),
+            Some(Ok(M::Close(_))) | None => Ok(Frame::Closed),
+            Some(Err(e)) => Err(format!(
+                "reading from the link failed (a message over sync.max_message_bytes?): {e}"
+            )),
+        }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        use tokio_tungstenite::tungstenite::Message as M;
+        self.0
+            .send(M::Binary(bytes))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn close(mut self) {
+        let _ = self.0.close(None).await;
+    }
+}
+
+/// Runs one link until either side ends it: frames in become core
+/// inputs, the driver's messages go out. Returns why it ended.
+async fn run_link(
     shared: &Shared,
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::AggregatedMessageStream,
+    mut socket: impl LinkSocket,
+    peer: Option<usize>,
     cert_node: Option<String>,
-    label: String,
-) {
-    use actix_ws::AggregatedMessage as M;
-    let Some((link, mut outgoing)) = open_link(shared, None, label.clone()).await else {
-        return;
+    mut label: String,
+) -> String {
+    let Some((link, mut outgoing)) = open_link(shared, peer, label.clone()).await else {
+        return "shutting down".into();
     };
-    loop {
+    let metrics = &shared.metrics;
+    let ended = loop {
         tokio::select! {
-            frame = stream.recv() => {
+            frame = socket.recv() => {
                 let bytes = match frame {
-                    Some(Ok(M::Binary(bytes))) => bytes,
-                    Some(Ok(M::Ping(p))) => {
-                        if session.pong(&p).await.is_err() { break; }
-                        continue;
-                    }
-                    Some(Ok(M::Pong(_))) => continue,
-                    Some(Ok(M::Text(_))) => { tracing::warn!(peer = %label, "text frame on a sync link"); break; }
-                    Some(Ok(M::Close(_))) | None => break,
-                    Some(Err(e)) => { tracing::warn!(peer = %label, error = %e, "sync link read failed"); break; }
+                    Ok(Frame::Binary(bytes)) => bytes,
+                    Ok(Frame::Control) => continue,
+                    Ok(Frame::Closed) => break "the peer closed the connection".to_string(),
+                    Err(e) => break e,
                 };
-                shared.metrics.sync_bytes_received_total.with_label_values(&[&label]).inc_by(bytes.len() as u64);
-                match decode_frame(&bytes, &cert_node) {
-                    Ok(msg) => {
-                        if shared.events.send(Event::Input(Input::Received { link, msg })).await.is_err() { break; }
-                    }
-                    Err(e) => { tracing::warn!(peer = %label, error = %e, "closing sync link"); break; }
+                metrics.sync_bytes_received_total.with_label_values(&[&label]).inc_by(bytes.len() as u64);
+                let msg = match decode_frame(&bytes, &cert_node) {
+                    Ok(msg) => msg,
+                    Err(e) => break e,
+                };
+                if let Msg::Hello(hello) = &msg {
+                    label = hello.node_id.clone();
+                }
+                if shared.events.send(Event::Input(Input::Received { link, msg })).await.is_err() {
+                    break "shutting down".into();
                 }
             }
             msg = outgoing.recv() => {
-                let Some(msg) = msg else { break };
+                let Some(msg) = msg else { break "closed by this node".into() };
                 let bytes = msg.encode();
-                shared.metrics.sync_bytes_sent_total.with_label_values(&[&label]).inc_by(bytes.len() as u64);
-                if session.binary(bytes).await.is_err() { break; }
+                metrics.sync_bytes_sent_total.with_label_values(&[&label]).inc_by(bytes.len() as u64);
+                if let Err(e) = socket.send(bytes).await {
+                    break format!("writing to the link failed: {e}");
+                }
             }
         }
-    }
+    };
     let _ = shared
         .events
         .send(Event::Input(Input::Closed { link }))
         .await;
-    let _ = session.close(None).await;
+    socket.close().await;
+    tracing::info!(peer = %label, reason = %ended, "sync link ended");
+    ended
 }
 
 /// Connects to configured peer `peer` and runs the link until it ends.
@@ -312,46 +408,13 @@ async fn dial(shared: Arc<Shared>, peer: usize) {
         Ok(Err(error)) => return connect_failed(&shared, peer, &url, error).await,
         Err(_) => return connect_failed(&shared, peer, &url, "timed out".into()).await,
     };
-    let Some((link, mut outgoing)) = open_link(&shared, Some(peer), url.clone()).await else {
-        return;
-    };
-    let (mut sink, mut stream) = ws.split();
-    use tokio_tungstenite::tungstenite::Message as M;
-    loop {
-        tokio::select! {
-            frame = stream.next() => {
-                let bytes = match frame {
-                    Some(Ok(M::Binary(bytes))) => bytes,
-                    Some(Ok(M::Ping(_) | M::Pong(_) | M::Frame(_))) => continue,
-                    Some(Ok(M::Text(_))) => { tracing::warn!(peer = %url, "text frame on a sync link"); break; }
-                    Some(Ok(M::Close(_))) | None => break,
-                    Some(Err(e)) => { tracing::info!(peer = %url, error = %e, "sync link read failed"); break; }
-                };
-                shared.metrics.sync_bytes_received_total.with_label_values(&[&url]).inc_by(bytes.len() as u64);
-                match decode_frame(&bytes, &cert_node) {
-                    Ok(msg) => {
-                        if shared.events.send(Event::Input(Input::Received { link, msg })).await.is_err() { break; }
-                    }
-                    Err(e) => { tracing::warn!(peer = %url, error = %e, "closing sync link"); break; }
-                }
-            }
-            msg = outgoing.recv() => {
-                let Some(msg) = msg else { break };
-                let bytes = msg.encode();
-                shared.metrics.sync_bytes_sent_total.with_label_values(&[&url]).inc_by(bytes.len() as u64);
-                if sink.send(M::Binary(bytes)).await.is_err() { break; }
-            }
-        }
-    }
-    let _ = shared
-        .events
-        .send(Event::Input(Input::Closed { link }))
-        .await;
-    let _ = sink.close().await;
+    let ended = run_link(&shared, Outbound(ws), Some(peer), cert_node, url).await;
+    shared.peer_errors.lock().insert(peer, ended);
 }
 
 async fn connect_failed(shared: &Shared, peer: usize, url: &str, error: String) {
     tracing::debug!(peer = %url, %error, "cannot connect to peer");
+    shared.peer_errors.lock().insert(peer, error.clone());
     let _ = shared
         .events
         .send(Event::Input(Input::ConnectFailed { peer, error }))
@@ -477,8 +540,19 @@ impl Driver {
                     self.links.insert(link, (tx, label));
                 }
                 Event::Input(input) => {
-                    if let Input::Closed { link } = &input {
-                        self.links.remove(link);
+                    match &input {
+                        Input::Closed { link } => {
+                            self.links.remove(link);
+                        }
+                        Input::Received {
+                            link,
+                            msg: Msg::Hello(hello),
+                        } => {
+                            if let Some(entry) = self.links.get_mut(link) {
+                                entry.1 = hello.node_id.clone();
+                            }
+                        }
+                        _ => {}
                     }
                     let outputs = self.core.handle(self.now(), input);
                     for output in outputs {
@@ -584,11 +658,12 @@ impl Driver {
         }
     }
 
+    /// A peer's metric label: its node id once known, else its URL.
     fn status_label(&self, status: &LinkStatus) -> String {
-        match (status.peer, status.link) {
-            (Some(p), _) => self.shared.config.sync.peers[p].clone(),
-            (None, Some(link)) => self.label(link),
-            (None, None) => "?".into(),
+        match (&status.node_id, status.peer) {
+            (Some(node), _) => node.clone(),
+            (None, Some(p)) => self.shared.config.sync.peers[p].clone(),
+            (None, None) => "inbound".into(),
         }
     }
 
@@ -598,6 +673,15 @@ impl Driver {
             .status()
             .iter()
             .map(|s| {
+                let stats = s
+                    .node_id
+                    .as_ref()
+                    .and_then(|n| self.shared.peer_stats.lock().get(n).copied())
+                    .unwrap_or_default();
+                let last_error = s.last_error.clone().or_else(|| {
+                    s.peer
+                        .and_then(|p| self.shared.peer_errors.lock().get(&p).cloned())
+                });
                 json!({
                     "url": s.peer.map(|p| self.shared.config.sync.peers[p].clone()),
                     "link": self.status_label(s),
@@ -606,15 +690,18 @@ impl Driver {
                     "state": s.state.as_str(),
                     "paused": s.paused,
                     "schema_version": s.remote_schema_version,
-                    "last_error": s.last_error,
+                    "last_error": last_error,
+                    "lag_seconds": stats.lag_seconds,
+                    "entries_rejected": stats.rejected,
                     "behind": s.peer_has.as_ref().map(|has| behind(self.core.local(), has)),
                     "entries_sent": s.stats.entries_sent,
                     "entries_received": s.stats.entries_received,
                 })
             })
             .collect();
+        let listen = self.shared.addr.lock().map(|a| a.to_string());
         json!({
-            "listen": self.shared.config.sync.listen,
+            "listen": listen,
             "peers": peers,
         })
     }
@@ -628,22 +715,35 @@ fn behind(local: &crate::sync::vv::VersionVector, peer: &crate::sync::vv::Versio
 /// Applies one batch through the writer; records metrics and lag.
 async fn apply(shared: &Shared, label: &str, peer: &str, entries: Vec<LogEntry>) -> ApplyOutcome {
     let metrics = &shared.metrics;
+    let peer = if peer.is_empty() { label } else { peer };
     metrics
         .sync_entries_received_total
-        .with_label_values(&[label])
+        .with_label_values(&[peer])
         .inc_by(entries.len() as u64);
     let hlcs: Vec<u64> = entries.iter().map(|e| e.hlc).collect();
-    let peer = if peer.is_empty() { label } else { peer };
     match shared.db.apply(entries, peer).await {
         Ok(outcomes) => {
             let now_ms = crate::crdt::Hlc::now_ms();
-            let lag = metrics.sync_lag_seconds.with_label_values(&[label]);
+            let lag = metrics.sync_lag_seconds.with_label_values(&[peer]);
+            let mut stats = PeerStats::default();
             for (outcome, hlc) in outcomes.iter().zip(hlcs) {
-                if *outcome == Applied::Applied {
-                    let wall_ms = hlc >> 16;
-                    lag.observe(now_ms.saturating_sub(wall_ms) as f64 / 1000.0);
+                match outcome {
+                    Applied::Applied => {
+                        let wall_ms = hlc >> 16;
+                        stats.lag_seconds = now_ms.saturating_sub(wall_ms) as f64 / 1000.0;
+                        lag.observe(stats.lag_seconds);
+                    }
+                    Applied::Rejected(_) => stats.rejected += 1,
+                    _ => {}
                 }
             }
+            let mut all = shared.peer_stats.lock();
+            let entry = all.entry(peer.to_string()).or_default();
+            entry.rejected += stats.rejected;
+            if stats.lag_seconds > 0.0 {
+                entry.lag_seconds = stats.lag_seconds;
+            }
+            drop(all);
             match outcomes.iter().find_map(|o| match o {
                 Applied::Deferred(why) => Some(why.clone()),
                 _ => None,
