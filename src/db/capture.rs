@@ -106,6 +106,23 @@ impl LogEntry {
     }
 }
 
+/// A row's whole document, as a snapshot carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotDoc {
+    pub table: String,
+    pub key: String,
+    pub doc: Vec<u8>,
+}
+
+/// A row merged from a remote update.
+struct Merged {
+    doc: Vec<u8>,
+    op: Op,
+    values: Vec<(String, Value)>,
+    /// Origin and clock of the row's existence stamp (for the feed event).
+    winner: (u64, u64),
+}
+
 /// What became of one remote entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -172,6 +189,11 @@ pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
              \"update\" BLOB NOT NULL, peer TEXT NOT NULL, code TEXT NOT NULL,
              reason TEXT NOT NULL, at_ms INTEGER NOT NULL,
              PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS _outpost_compacted (
+             origin INTEGER PRIMARY KEY, upto INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS _outpost_peers (
+             node_id TEXT PRIMARY KEY, url TEXT, have BLOB NOT NULL,
+             seen_ms INTEGER NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS _outpost_tables (
              tbl TEXT PRIMARY KEY, sql TEXT NOT NULL) WITHOUT ROWID;
          INSERT OR IGNORE INTO _outpost_meta VALUES ('schema_version', 0);",
@@ -364,8 +386,11 @@ pub struct Capture {
 /// The highest seq per origin in the log and the quarantine.
 pub fn log_vector(conn: &Connection) -> rusqlite::Result<VersionVector> {
     let mut vv = VersionVector::new();
-    for table in ["_outpost_log", "_outpost_quarantine"] {
-        let sql = format!("SELECT origin, max(seq) FROM {table} GROUP BY origin");
+    for sql in [
+        "SELECT origin, max(seq) FROM _outpost_log GROUP BY origin",
+        "SELECT origin, max(seq) FROM _outpost_quarantine GROUP BY origin",
+        "SELECT origin, upto FROM _outpost_compacted",
+    ] {
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
@@ -768,43 +793,179 @@ impl Capture {
         conn: &Connection,
         entry: &LogEntry,
     ) -> Result<Option<Rejection>, CaptureError> {
+        let merged = match self.merge_row(conn, &entry.table, &entry.key, &entry.update)? {
+            Ok(merged) => merged,
+            Err(rejection) => return Ok(Some(rejection)),
+        };
+        self.hlc.borrow_mut().observe(entry.hlc);
+        self.store(conn, entry, merged.doc)?;
+        self.stage_event(entry, merged.op, || Some(merged.values));
+        Ok(None)
+    }
+
+    /// Merges `update` (an entry's update, or a whole document from a
+    /// snapshot) into the row's document and writes the row back. The row
+    /// then equals its document: nothing is left to capture for it.
+    fn merge_row(
+        &self,
+        conn: &Connection,
+        table: &str,
+        key: &str,
+        update: &[u8],
+    ) -> Result<Result<Merged, Rejection>, CaptureError> {
         let tables = self.tables.borrow();
-        let info = &tables[&entry.table];
-        let doc = self.load_doc(conn, &entry.table, &entry.key)?;
-        if let Err(e) = doc.apply(&entry.update) {
-            return Ok(Some(Rejection::new("decode", e.to_string())));
+        let info = &tables[table];
+        let doc = self.load_doc(conn, table, key)?;
+        if let Err(e) = doc.apply(update) {
+            return Ok(Err(Rejection::new("decode", e.to_string())));
         }
         let view = match doc.view() {
             Ok(view) => view,
-            Err(e) => return Ok(Some(Rejection::new("decode", e.to_string()))),
+            Err(e) => return Ok(Err(Rejection::new("decode", e.to_string()))),
         };
-        self.hlc.borrow_mut().observe(entry.hlc.max(view.max_hlc()));
-        let op = match self.materialize(conn, info, &entry.table, &entry.key, &view) {
+        self.hlc.borrow_mut().observe(view.max_hlc());
+        let op = match self.materialize(conn, info, table, key, &view) {
             Ok(op) => op,
             Err(e) => {
-                return Ok(Some(Rejection::new(
+                return Ok(Err(Rejection::new(
                     "constraint",
                     format!("writing the merged row failed: {e}"),
                 )))
             }
         };
-        self.store(conn, entry, doc.encode())?;
-        self.stage_event(entry, op, || {
-            let values = info
-                .columns
-                .iter()
-                .filter_map(|c| view.cols.get(c).map(|(_, v)| (c.clone(), v.clone())))
-                .collect();
-            Some(values)
-        });
-        // The row now equals its document: nothing to capture for it.
         conn.prepare_cached(
             &self
                 .sql
                 .text("DELETE FROM _outpost_pending WHERE tbl = ?1 AND pk = ?2"),
         )?
-        .execute(params![entry.table, entry.key])?;
-        Ok(None)
+        .execute(params![table, key])?;
+        let values = if self.events.has_subscribers() {
+            info.columns
+                .iter()
+                .filter_map(|c| view.cols.get(c).map(|(_, v)| (c.clone(), v.clone())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Ok(Merged {
+            doc: doc.encode(),
+            op,
+            values,
+            winner: view
+                .live
+                .map_or((0, 0), |(stamp, _)| (stamp.origin, stamp.hlc)),
+        }))
+    }
+
+    /// Merges whole row documents from a peer's snapshot (a peer that was
+    /// behind this node's log compaction). Each document is checked like an
+    /// entry (table, key, decodes, row writable); a refused one is skipped
+    /// and counted. `done` (the snapshot's version vector, on its last
+    /// batch) is recorded as compacted: those entries are in the documents.
+    pub fn apply_snapshot(
+        &self,
+        conn: &Connection,
+        docs: &[SnapshotDoc],
+        done: Option<&VersionVector>,
+        peer: &str,
+    ) -> Result<usize, CaptureError> {
+        self.flush(conn)?;
+        self.staged_source.set("remote");
+        let mut refused = 0;
+        for doc in docs {
+            let probe = LogEntry {
+                origin: 1,
+                seq: 1,
+                hlc: 0,
+                table: doc.table.clone(),
+                key: doc.key.clone(),
+                schema_version: 0,
+                update: Vec::new(),
+            };
+            let rejection = match self.reject_reason(&probe) {
+                Some(rejection) => Some(rejection),
+                None => {
+                    conn.execute_batch("SAVEPOINT outpost_apply")?;
+                    match self.merge_row(conn, &doc.table, &doc.key, &doc.doc) {
+                        Ok(Ok(merged)) => {
+                            conn.execute_batch("RELEASE outpost_apply")?;
+                            self.store_doc(conn, &doc.table, &doc.key, merged.doc)?;
+                            let (origin, hlc) = merged.winner;
+                            let event = LogEntry {
+                                origin,
+                                seq: 0,
+                                hlc,
+                                ..probe
+                            };
+                            self.stage_event(&event, merged.op, || Some(merged.values));
+                            None
+                        }
+                        Ok(Err(rejection)) => {
+                            conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
+                            self.savepoint_rolled_back();
+                            Some(rejection)
+                        }
+                        Err(e) => {
+                            conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
+                            self.savepoint_rolled_back();
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            if let Some(rejection) = rejection {
+                refused += 1;
+                tracing::warn!(peer, table = %doc.table, reason = rejection.code, "refused a row of a snapshot: {}", rejection.message);
+                self.metrics
+                    .sync_rejected_total
+                    .with_label_values(&[peer, rejection.code])
+                    .inc();
+            }
+        }
+        if let Some(done) = done {
+            self.mark_compacted(conn, done)?;
+        }
+        Ok(refused)
+    }
+
+    /// Records that entries up to `upto` per origin may be absent from the
+    /// log (compacted here, or covered by a snapshot's documents).
+    fn mark_compacted(&self, conn: &Connection, upto: &VersionVector) -> Result<(), CaptureError> {
+        let mut stmt = conn.prepare_cached(&self.sql.text(
+            "INSERT INTO _outpost_compacted (origin, upto) VALUES (?1, ?2)
+             ON CONFLICT (origin) DO UPDATE SET upto = max(upto, excluded.upto)",
+        ))?;
+        for (&origin, &seq) in &upto.0 {
+            stmt.execute([origin as i64, seq as i64])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes log entries at or below `floor` per origin (every peer holds
+    /// them), keeping the documents. Returns how many went.
+    pub fn compact(&self, conn: &Connection, floor: &VersionVector) -> Result<usize, CaptureError> {
+        let mut deleted = 0;
+        let mut bytes: i64 = 0;
+        for (&origin, &seq) in &floor.0 {
+            bytes += conn
+                .prepare_cached(&self.sql.text(
+                    "SELECT coalesce(sum(length(\"update\")), 0) FROM _outpost_log WHERE origin = ?1 AND seq <= ?2",
+                ))?
+                .query_row([origin as i64, seq as i64], |r| r.get::<_, i64>(0))?;
+            deleted += conn
+                .prepare_cached(
+                    &self
+                        .sql
+                        .text("DELETE FROM _outpost_log WHERE origin = ?1 AND seq <= ?2"),
+                )?
+                .execute([origin as i64, seq as i64])?;
+        }
+        self.mark_compacted(conn, floor)?;
+        self.metrics.log_bytes.sub(bytes);
+        self.metrics
+            .log_compacted_entries_total
+            .inc_by(deleted as u64);
+        Ok(deleted)
     }
 
     /// Makes the table's row say what the document says.
@@ -880,12 +1041,26 @@ impl Capture {
         Ok(op)
     }
 
-    fn store(&self, conn: &Connection, entry: &LogEntry, doc: Vec<u8>) -> Result<(), CaptureError> {
+    fn store_doc(
+        &self,
+        conn: &Connection,
+        table: &str,
+        key: &str,
+        doc: Vec<u8>,
+    ) -> Result<(), CaptureError> {
         conn.prepare_cached(&self.sql.text(
             "INSERT INTO _outpost_rows (tbl, pk, doc) VALUES (?1, ?2, ?3)
              ON CONFLICT (tbl, pk) DO UPDATE SET doc = excluded.doc",
         ))?
-        .execute(params![entry.table, entry.key, doc])?;
+        .execute(params![table, key, &doc])?;
+        self.cache
+            .borrow_mut()
+            .stage((table.to_string(), key.to_string()), doc.into());
+        Ok(())
+    }
+
+    fn store(&self, conn: &Connection, entry: &LogEntry, doc: Vec<u8>) -> Result<(), CaptureError> {
+        self.store_doc(conn, &entry.table, &entry.key, doc)?;
         conn.prepare_cached(&self.sql.text(
             "INSERT INTO _outpost_log (origin, seq, hlc, tbl, pk, schema_version, \"update\")
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -902,7 +1077,6 @@ impl Capture {
         let mut cache = self.cache.borrow_mut();
         cache.staged_entries += 1;
         cache.staged_log_bytes += entry.update.len() as i64;
-        cache.stage((entry.table.clone(), entry.key.clone()), doc.into());
         Ok(())
     }
 
@@ -997,22 +1171,21 @@ impl Capture {
 
     fn next_seq(&self, conn: &Connection, origin: u64) -> Result<u64, CaptureError> {
         let max: i64 = conn
-            .prepare_cached(
-                &self
-                    .sql
-                    .text("SELECT coalesce(max(seq), 0) FROM _outpost_log WHERE origin = ?1"),
-            )?
+            .prepare_cached(&self.sql.text(
+                "SELECT max(coalesce((SELECT max(seq) FROM _outpost_log WHERE origin = ?1), 0),
+                            coalesce((SELECT upto FROM _outpost_compacted WHERE origin = ?1), 0))",
+            ))?
             .query_row([origin as i64], |r| r.get(0))?;
         Ok(max as u64 + 1)
     }
 
+    /// Whether the entry is in the log, or below what was compacted.
     fn has_entry(&self, conn: &Connection, origin: u64, seq: u64) -> Result<bool, CaptureError> {
         Ok(conn
-            .prepare_cached(
-                &self
-                    .sql
-                    .text("SELECT 1 FROM _outpost_log WHERE origin = ?1 AND seq = ?2"),
-            )?
+            .prepare_cached(&self.sql.text(
+                "SELECT 1 FROM _outpost_log WHERE origin = ?1 AND seq = ?2
+                 UNION ALL SELECT 1 FROM _outpost_compacted WHERE origin = ?1 AND upto >= ?2",
+            ))?
             .query_row([origin as i64, seq as i64], |_| Ok(()))
             .optional()?
             .is_some())

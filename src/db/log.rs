@@ -7,7 +7,7 @@ use std::path::Path;
 use libsql_sys::rusqlite::{self, Connection, OpenFlags};
 use parking_lot::Mutex;
 
-use super::capture::LogEntry;
+use super::capture::{LogEntry, SnapshotDoc};
 use crate::sync::vv::VersionVector;
 
 /// What a node tells peers about itself, read from `_outpost_meta`.
@@ -117,5 +117,44 @@ impl LogReader {
             }
         }
         Ok(entries)
+    }
+
+    /// What this node's log may lack below (compacted, or covered by a
+    /// snapshot), per origin.
+    pub fn compacted(&self) -> rusqlite::Result<VersionVector> {
+        super::compact::compacted(&self.conn.lock())
+    }
+
+    /// Row documents after `after` in (table, key) order, at most
+    /// `max_docs` and about `max_bytes` (at least one), for a snapshot.
+    pub fn read_docs(
+        &self,
+        after: Option<&(String, String)>,
+        max_docs: usize,
+        max_bytes: usize,
+    ) -> rusqlite::Result<Vec<SnapshotDoc>> {
+        let conn = self.conn.lock();
+        let (table, key) = after.cloned().unwrap_or_default();
+        let mut stmt = conn.prepare_cached(
+            "SELECT tbl, pk, doc FROM _outpost_rows WHERE (tbl, pk) > (?1, ?2)
+             ORDER BY tbl, pk LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![table, key, max_docs as i64])?;
+        let mut docs = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let doc = SnapshotDoc {
+                table: row.get(0)?,
+                key: row.get(1)?,
+                doc: row.get(2)?,
+            };
+            let size = doc.table.len() + doc.key.len() + doc.doc.len();
+            if !docs.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            docs.push(doc);
+        }
+        Ok(docs)
     }
 }

@@ -21,6 +21,7 @@
 pub mod capture;
 pub mod check;
 pub mod classify;
+pub mod compact;
 pub mod conn;
 mod dispatch;
 pub mod events;
@@ -267,6 +268,36 @@ impl Database {
             peer: peer.to_string(),
             reply,
         })?;
+        rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
+    }
+
+    /// Merges a peer's snapshot documents; `done` on the last batch.
+    /// Returns how many documents were refused.
+    pub async fn apply_snapshot(
+        &self,
+        docs: Vec<capture::SnapshotDoc>,
+        done: Option<crate::sync::vv::VersionVector>,
+        peer: &str,
+    ) -> Result<usize, SqlError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .submit_internal(writer::InternalJob::ApplySnapshot {
+                docs,
+                done,
+                peer: peer.to_string(),
+                reply,
+            })?;
+        rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
+    }
+
+    /// Records peers' acknowledgements and compacts the log below them.
+    pub async fn compact(
+        &self,
+        plan: compact::CompactPlan,
+    ) -> Result<compact::CompactOutcome, SqlError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .submit_internal(writer::InternalJob::Compact { plan, reply })?;
         rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
     }
 

@@ -20,7 +20,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use libsql_sys::rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::capture::{Applied, Capture, CaptureError, LogEntry};
+use super::capture::{Applied, Capture, CaptureError, LogEntry, SnapshotDoc};
+use super::compact::{CompactOutcome, CompactPlan};
 use super::conn::{self, Guard, Role};
 use super::dispatch::Dispatch;
 use super::events::Events;
@@ -29,6 +30,7 @@ use super::{DbError, Job, JobReply, Lease, LeaseKind, SubmitError, TxnState};
 use crate::config::Config;
 use crate::error::SqlError;
 use crate::metrics::Metrics;
+use crate::sync::vv::VersionVector;
 
 /// Work for the writer that does not come from a client.
 pub enum InternalJob {
@@ -38,6 +40,18 @@ pub enum InternalJob {
         /// The sender, for the quarantine and metrics.
         peer: String,
         reply: oneshot::Sender<Result<Vec<Applied>, SqlError>>,
+    },
+    /// Merge a peer's snapshot documents (a peer behind compaction).
+    ApplySnapshot {
+        docs: Vec<SnapshotDoc>,
+        done: Option<VersionVector>,
+        peer: String,
+        reply: oneshot::Sender<Result<usize, SqlError>>,
+    },
+    /// Record what peers acknowledged and drop log entries all of them hold.
+    Compact {
+        plan: CompactPlan,
+        reply: oneshot::Sender<Result<CompactOutcome, SqlError>>,
     },
     /// Encode rows that other programs changed (the periodic sweep).
     Sweep {
@@ -226,6 +240,23 @@ impl Writer {
             } => {
                 let _ = reply.send(self.apply(&entries, &peer));
             }
+            InternalJob::ApplySnapshot {
+                docs,
+                done,
+                peer,
+                reply,
+            } => {
+                let result = self.in_apply_transaction(|capture| {
+                    capture.apply_snapshot(&self.conn, &docs, done.as_ref(), &peer)
+                });
+                let _ = reply.send(result);
+            }
+            InternalJob::Compact { plan, reply } => {
+                let result = self.in_apply_transaction(|capture| {
+                    super::compact::run(&self.conn, capture, &plan)
+                });
+                let _ = reply.send(result);
+            }
             InternalJob::Sweep { reply } => {
                 let swept = match &self.capture {
                     Some(capture) => self
@@ -245,6 +276,15 @@ impl Writer {
     /// Applies remote entries in one transaction, foreign keys off (rows
     /// arrive in any order; each node checks its own writes).
     fn apply(&self, entries: &[LogEntry], peer: &str) -> Result<Vec<Applied>, SqlError> {
+        self.in_apply_transaction(|capture| capture.apply(&self.conn, entries, peer))
+    }
+
+    /// Runs `work` in a transaction of its own with foreign keys off, with
+    /// internal access; commits if it succeeds, else rolls back.
+    fn in_apply_transaction<T>(
+        &self,
+        work: impl FnOnce(&Capture) -> Result<T, CaptureError>,
+    ) -> Result<T, SqlError> {
         let Some(capture) = &self.capture else {
             return Err(SqlError::new(
                 "OUTPOST_CAPTURE",
@@ -254,9 +294,7 @@ impl Writer {
         self.guard.internal(|| {
             self.conn
                 .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")?;
-            let outcome = capture
-                .apply(&self.conn, entries, peer)
-                .map_err(SqlError::from);
+            let outcome = work(capture).map_err(SqlError::from);
             let outcome = outcome.and_then(|applied| {
                 self.conn.execute_batch("COMMIT")?;
                 Ok(applied)
