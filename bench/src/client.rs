@@ -31,6 +31,8 @@ pub const PIPELINE_PATH: &str = "/v2/pipeline";
 pub struct Conn {
     addr: SocketAddr,
     host: String,
+    /// `Authorization: Bearer <token>` on every request (nodes started with JWT keys).
+    auth: Option<String>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
@@ -39,8 +41,16 @@ impl Conn {
         Conn {
             addr,
             host: addr.to_string(),
+            auth: None,
             sender: None,
         }
+    }
+
+    /// A connection that sends `token` as a bearer token (if any).
+    pub fn with_token(addr: SocketAddr, token: Option<&str>) -> Self {
+        let mut c = Self::new(addr);
+        c.auth = token.map(|t| format!("Bearer {t}"));
+        c
     }
 
     async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
@@ -88,6 +98,9 @@ impl Conn {
             .header(HOST, &self.host);
         if !body.is_empty() {
             builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(auth) = &self.auth {
+            builder = builder.header(hyper::header::AUTHORIZATION, auth);
         }
         let req = builder.body(Full::new(body))?;
         let sender = self.sender().await?;

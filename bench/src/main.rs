@@ -4,8 +4,11 @@
 
 mod bare;
 mod client;
+mod cluster;
 mod crdt;
 mod inproc;
+mod proxy;
+mod repl;
 mod report;
 mod server;
 mod stats;
@@ -32,6 +35,9 @@ const WORKLOADS: &[&str] = &[
     "batch100",
     "wide-update",
     "hot-row",
+    "repl-lag",
+    "repl-throughput",
+    "repl-partition",
     "none",
 ];
 
@@ -108,13 +114,34 @@ pub struct Args {
     soak_seconds: u64,
     /// Which workloads to run (comma-separated): read, insert, mix, batch100 (100 inserts in
     /// one Hrana batch), wide-update (one column of a random row of a 20-column table),
-    /// hot-row (one row updated --hot-row-updates times, on fresh instances), or none.
+    /// hot-row (one row updated --hot-row-updates times, on fresh instances), repl-lag,
+    /// repl-throughput, repl-partition (3-node clusters, see --repl-rate ...), or none.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,insert,mix,batch100,wide-update,hot-row"
+        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition"
     )]
     workloads: Vec<String>,
+    /// repl-lag: open-loop writes per second, once all on n1 and once spread over the three
+    /// nodes [default: 1000, quick: 200].
+    #[arg(long)]
+    repl_rate: Option<f64>,
+    /// repl-lag: how often each observing node is polled for the new rows, microseconds.
+    #[arg(long, default_value_t = 1000)]
+    repl_poll_us: u64,
+    /// repl-throughput: closed-loop clients inserting on n1 [default: 16,64, quick: 4].
+    #[arg(long, value_delimiter = ',')]
+    repl_concurrency: Option<Vec<usize>>,
+    /// repl-partition: seconds n3 is cut off [default: 60, quick: 3].
+    #[arg(long)]
+    partition_seconds: Option<f64>,
+    /// repl-partition: writes per second on each side (n1/n2 alternately, and n3)
+    /// [default: 200, quick: 50].
+    #[arg(long)]
+    partition_rate: Option<f64>,
+    /// repl-partition: how the proxies cut n3 off: blackhole (silence) or refuse (RST).
+    #[arg(long, value_parser = proxy::Fault::parse, default_value = "blackhole")]
+    partition_fault: proxy::Fault,
     /// Which targets to run (comma-separated): inproc, bare, outpost.
     #[arg(long, value_delimiter = ',', default_value = "inproc,bare,outpost")]
     targets: Vec<String>,
@@ -191,6 +218,12 @@ pub struct Plan {
     pub client_threads: usize,
     pub bare_workers: usize,
     pub workloads: Vec<String>,
+    pub repl_rate: f64,
+    pub repl_poll_us: u64,
+    pub repl_concurrency: Vec<usize>,
+    pub partition_seconds: f64,
+    pub partition_rate: f64,
+    pub partition_fault: proxy::Fault,
     pub bench_build: &'static str,
 }
 
@@ -241,6 +274,27 @@ impl Plan {
             client_threads: a.client_threads.max(1),
             bare_workers: a.bare_workers,
             workloads: a.workloads.iter().map(|w| w.trim().to_string()).collect(),
+            repl_rate: a
+                .repl_rate
+                .unwrap_or(if a.quick { 200.0 } else { 1000.0 })
+                .max(1.0),
+            repl_poll_us: a.repl_poll_us,
+            repl_concurrency: a.repl_concurrency.clone().unwrap_or_else(|| {
+                if a.quick {
+                    vec![4]
+                } else {
+                    vec![16, 64]
+                }
+            }),
+            partition_seconds: a
+                .partition_seconds
+                .unwrap_or(if a.quick { 3.0 } else { 60.0 })
+                .max(0.0),
+            partition_rate: a
+                .partition_rate
+                .unwrap_or(if a.quick { 50.0 } else { 200.0 })
+                .max(1.0),
+            partition_fault: a.partition_fault,
             bench_build: if cfg!(debug_assertions) {
                 "debug"
             } else {
@@ -1003,6 +1057,20 @@ fn run(args: &Args) -> Result<Report> {
             hot.extend(b.as_ref().map(|b| ("hot-b", b)));
             if let Err(e) = run_hot_row(&rt, args, &plan, &hot, tmp.path(), &mut report) {
                 report.problems.push(format!("hot-row run: {e:#}"));
+            }
+        }
+        if ["repl-lag", "repl-throughput", "repl-partition"]
+            .iter()
+            .any(|w| plan.want(w))
+        {
+            let spec = cluster::NodeSpec {
+                bin: &a.bin,
+                args: &a.args,
+                env: &a.env,
+                start_timeout: Duration::from_secs(args.start_timeout),
+            };
+            if let Err(e) = repl::run(&rt, &plan, &spec, tmp.path(), &mut report) {
+                report.problems.push(format!("{e:#}"));
             }
         }
         if plan.rss_rows > 0 || plan.soak_seconds > 0 {

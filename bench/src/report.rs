@@ -163,6 +163,8 @@ pub struct Report {
     /// Size of each outpost instance's data directory when it stopped.
     pub outpost_data_bytes: Vec<DataDir>,
     pub soak: Option<Summary>,
+    /// The replication workloads (issue 5).
+    pub repl: Option<crate::repl::ReplReport>,
     pub outpost_shutdown: Option<Shutdown>,
     /// Reasons the harness itself is broken (non-empty → non-zero exit).
     pub problems: Vec<String>,
@@ -279,6 +281,7 @@ impl Report {
             bulk_load_rows_per_sec: None,
             outpost_data_bytes: Vec::new(),
             soak: None,
+            repl: None,
             outpost_shutdown: None,
             problems: Vec::new(),
         }
@@ -383,6 +386,10 @@ impl Report {
         }
         goals.extend(self.capture_goals());
         goals.extend(self.memory_goals());
+        if let Some(r) = &self.repl {
+            goals.extend(r.goals());
+            self.problems.extend(r.problems());
+        }
         self.goals = goals;
 
         for h in &self.hot_row {
@@ -758,6 +765,9 @@ impl Report {
                 );
             }
         }
+        if let Some(r) = &self.repl {
+            r.render(&mut out);
+        }
         if !self.capture.is_empty() {
             let _ = writeln!(
                 out,
@@ -769,7 +779,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\ngoals (DESIGN.md performance targets; issue 4 for capture and memory)"
+            "\ngoals (DESIGN.md performance targets; issue 4 for capture and memory, issue 5 for replication)"
         );
         for g in &self.goals {
             let verdict = match g.met {
@@ -835,7 +845,8 @@ impl Report {
         // not start, did not stop cleanly, ...), in the plain form CI logs understand.
         let failed_phases = self.results.iter().filter(|r| r.failed()).count();
         let passed = self.results.len() - failed_phases
-            + self.hot_row.iter().filter(|h| !h.failed()).count();
+            + self.hot_row.iter().filter(|h| !h.failed()).count()
+            + self.repl.as_ref().map_or(0, |r| r.passed());
         let failed = self.problems.len();
         let _ = writeln!(out, "\nbench: {passed} passed, {failed} failed");
         out

@@ -14,6 +14,8 @@ pub struct Outpost {
     child: Child,
     pub api: SocketAddr,
     pub admin: SocketAddr,
+    /// The sync listener (`sync=https://...` on the READY line), for nodes with a certificate.
+    pub sync: Option<SocketAddr>,
     pub log_path: PathBuf,
     pub data_dir: PathBuf,
 }
@@ -56,6 +58,28 @@ pub fn parse_ready(line: &str) -> Result<(SocketAddr, SocketAddr)> {
         api.context("READY line without api=")?,
         admin.context("READY line without admin=")?,
     ))
+}
+
+/// The `sync=https://127.0.0.1:PORT` address of a READY line, if there is one.
+pub fn parse_ready_sync(line: &str) -> Result<Option<SocketAddr>> {
+    let Some(url) = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sync="))
+    else {
+        return Ok(None);
+    };
+    let hostport = url
+        .strip_prefix("https://")
+        .with_context(|| format!("not an https URL: {url}"))?
+        .trim_end_matches('/');
+    let addr: SocketAddr = hostport
+        .parse()
+        .with_context(|| format!("bad address in {url}"))?;
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "outpost syncs on non-loopback {addr}"
+    );
+    Ok(Some(addr))
 }
 
 /// The last `max` bytes of a file, for error messages.
@@ -115,6 +139,7 @@ impl Outpost {
             child,
             api: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            sync: None,
             log_path,
             data_dir,
         };
@@ -134,6 +159,7 @@ impl Outpost {
         let (api, admin) = parse_ready(&line)?;
         outpost.api = api;
         outpost.admin = admin;
+        outpost.sync = parse_ready_sync(&line)?;
         Ok(outpost)
     }
 
@@ -251,6 +277,12 @@ mod tests {
         assert_eq!(admin.port(), 4322);
         assert!(parse_ready("READY api=http://10.0.0.1:1 admin=http://127.0.0.1:2").is_err());
         assert!(parse_ready("hello").is_err());
+        let line = "READY api=http://127.0.0.1:1 admin=http://127.0.0.1:2 sync=https://127.0.0.1:3";
+        assert_eq!(parse_ready_sync(line).unwrap().unwrap().port(), 3);
+        assert!(parse_ready_sync("READY api=http://127.0.0.1:1")
+            .unwrap()
+            .is_none());
+        assert!(parse_ready_sync("READY sync=http://127.0.0.1:3").is_err());
     }
 
     #[test]
