@@ -1430,3 +1430,71 @@ fn capture_metrics_move_with_the_log() {
     assert_eq!(metric(&metrics(&server), entries), 7.0);
     assert_clean(dir);
 }
+
+/// `crdt.max_update_bytes` bounds local changes too (peers refuse anything
+/// larger, so accepting it here would diverge silently): the largest value
+/// that fits is accepted, one byte more is refused with
+/// OUTPOST_CHANGE_TOO_LARGE and leaves nothing behind.
+#[test]
+fn a_local_change_larger_than_max_update_bytes_is_refused_at_the_bound() {
+    const MAX: i64 = 2000;
+    let server = start(&[("OUTPOST_CRDT_MAX_UPDATE_BYTES", "2000")]);
+    sql(&server, "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)");
+    let insert = |id: i64, len: i64| {
+        try_sql(
+            &server,
+            &format!("INSERT INTO big VALUES ({id}, printf('%.*c', {len}, 'x'))"),
+        )
+    };
+    // The largest accepted length, by bisection (each try is its own row).
+    let (mut fits, mut too_big) = (0i64, MAX);
+    let mut id = 0;
+    while too_big - fits > 1 {
+        let mid = (fits + too_big) / 2;
+        id += 1;
+        match insert(id, mid) {
+            Ok(_) => fits = mid,
+            Err(e) => {
+                assert_eq!(e["code"], "OUTPOST_CHANGE_TOO_LARGE", "{e}");
+                assert!(
+                    e["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("crdt.max_update_bytes"),
+                    "{e}"
+                );
+                too_big = mid;
+            }
+        }
+    }
+    assert!(
+        fits > MAX / 2,
+        "a {fits}-byte value should fit in {MAX} bytes"
+    );
+    let dir = server.data_dir().to_path_buf();
+    let conn = open_db(&dir);
+    let size = |id: i64| -> Option<i64> {
+        conn.query_row(
+            "SELECT length(\"update\") + length(tbl) + length(CAST(pk AS BLOB)) FROM _outpost_log
+             WHERE tbl = 'big' AND pk = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+    };
+    // Exactly at the bound: the accepted entry fits, the refused row left no trace.
+    id += 1;
+    insert(id, fits).expect("the largest fitting value");
+    assert!(size(id).unwrap() <= MAX);
+    id += 1;
+    let refused = insert(id, fits + 1).expect_err("one byte more");
+    assert_eq!(refused["code"], "OUTPOST_CHANGE_TOO_LARGE");
+    assert_eq!(size(id), None);
+    assert_eq!(
+        count(&conn, &format!("SELECT count(*) FROM big WHERE id = {id}")),
+        0
+    );
+    drop(conn);
+    assert_clean(&dir);
+}
