@@ -630,7 +630,11 @@ impl Core {
             .iter()
             .map(|(&id, l)| LinkStatus {
                 link: Some(id),
-                peer: l.peer,
+                // The peer that made the link, or that uses it since its
+                // own link lost to it as a duplicate.
+                peer: l
+                    .peer
+                    .or_else(|| self.peers.iter().position(|p| p.link == Some(id))),
                 node_id: l.remote.as_ref().map(|r| r.node_id.clone()),
                 origin: l.remote.as_ref().map(|r| r.origin),
                 state: match (&l.remote, self.pause_reason(l)) {
