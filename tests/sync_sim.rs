@@ -22,7 +22,7 @@ use std::time::Instant;
 use outpost::crdt::{client_id_of, Hlc, RowDoc, RowView, Stamp, Value};
 use outpost::db::capture::LogEntry;
 use outpost::sync::core::{
-    ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, Millis, Output,
+    ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, Millis, Output, PeerState,
 };
 use outpost::sync::proto::Msg;
 use outpost::sync::vv::VersionVector;
@@ -1343,6 +1343,20 @@ impl Sim {
                         "n{} and n{} have links {other:?}, not one",
                         p.0, p.1
                     ))
+                }
+            }
+        }
+        // Every configured peer shows as connected in the status.
+        for (n, node) in self.nodes.iter().enumerate() {
+            let status = node.core.as_ref().unwrap().status();
+            for (p, &to) in node.peers.iter().enumerate() {
+                let shown = status.iter().any(|s| {
+                    s.peer == Some(p) && s.link.is_some() && s.state == PeerState::Connected
+                });
+                if !shown {
+                    return Err(format!(
+                        "n{n}'s configured peer {p} (n{to}) is not shown connected: {status:?}"
+                    ));
                 }
             }
         }
