@@ -471,8 +471,11 @@ impl Sim {
         let r: f64 = self.rng.gen();
         if r < 0.9 || !self.p.chaos {
             self.rng.gen_range(0..=self.p.max_delay)
-        } else {
+        } else if r < 0.995 || self.writes_left == 0 {
             self.rng.gen_range(self.p.max_delay..=150)
+        } else {
+            // A stall past the peer timeout (while faults run).
+            self.rng.gen_range(150..=450)
         }
     }
 
@@ -1002,7 +1005,12 @@ impl Sim {
                     return true;
                 }
                 self.handle(node, Input::Tick);
-                let d = self.rng.gen_range(5..=25);
+                let stall = self.p.chaos && self.writes_left > 0 && self.rng.gen_bool(0.01);
+                let d = if stall {
+                    self.rng.gen_range(25..=150) // a busy event loop
+                } else {
+                    self.rng.gen_range(5..=25)
+                };
                 self.at(d, Ev::Tick { node, inc });
             }
             Ev::Deliver { link, dir } => {
@@ -1722,6 +1730,10 @@ fn newer_schema_entries_are_deferred_until_this_node_migrates() {
         "the older entries were applied"
     );
     assert!(sim.stats.closes > 0);
+    println!(
+        "while deferred: {} connects, {} closes, {} applies deferred",
+        sim.stats.connects, sim.stats.closes, sim.stats.deferred
+    );
     // The migration finishes: the entries arrive.
     sim.nodes[1].store.schema = 2;
     sim.settle(30_000).unwrap();
