@@ -326,6 +326,10 @@ enum Ev {
     Write,
     /// A random fault (random run only).
     Chaos,
+    /// A migration announced early has reached the database.
+    Migrated {
+        node: usize,
+    },
 }
 
 #[derive(Default, Debug, Clone)]
@@ -683,9 +687,20 @@ impl Sim {
     }
 
     /// Node `n` migrates to the next schema version: its store at once, its
-    /// core (what it announces) at a restart, now or later.
-    fn upgrade(&mut self, n: usize, restart: bool) {
+    /// core (what it announces) at a restart, now or later. With `early`,
+    /// the restarted core announces the version before the database has
+    /// it (the migration ends later): its peers send newer entries, which
+    /// the store defers.
+    fn upgrade(&mut self, n: usize, restart: bool, early: bool) {
         self.stats.upgrades += 1;
+        if early && self.nodes[n].core.is_some() {
+            self.crash(n);
+            self.nodes[n].ident_schema = self.nodes[n].store.schema + 1;
+            self.start(n);
+            let d = self.rng.gen_range(50..=1000);
+            self.at(d, Ev::Migrated { node: n });
+            return;
+        }
         self.nodes[n].store.schema += 1;
         self.log(|| {
             format!(
@@ -986,7 +1001,8 @@ impl Sim {
                 let a = self.rng.gen_range(0..n);
                 if self.nodes[a].store.schema < 3 {
                     let restart = self.rng.gen_bool(0.7);
-                    self.upgrade(a, restart);
+                    let early = restart && self.rng.gen_bool(0.5);
+                    self.upgrade(a, restart, early);
                 }
             }
         }
@@ -1172,6 +1188,11 @@ impl Sim {
                     self.at(d, Ev::Write);
                 }
             }
+            Ev::Migrated { node } => {
+                let node_ = &mut self.nodes[node];
+                node_.store.schema = node_.store.schema.max(node_.ident_schema);
+                self.log(|| format!("n{node}'s database migrated"));
+            }
             Ev::Chaos => {
                 if self.writes_left > 0 {
                     self.chaos();
@@ -1199,7 +1220,12 @@ impl Sim {
     fn heal_all(&mut self) {
         self.log(|| "heal everything".to_string());
         self.cuts.clear();
-        let newest = self.nodes.iter().map(|n| n.store.schema).max().unwrap();
+        let newest = self
+            .nodes
+            .iter()
+            .map(|n| n.store.schema.max(n.ident_schema))
+            .max()
+            .unwrap();
         for n in 0..self.nodes.len() {
             self.nodes[n].store.schema = newest;
             if self.nodes[n].core.is_some() && self.nodes[n].ident_schema != newest {
