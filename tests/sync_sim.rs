@@ -524,6 +524,7 @@ impl Sim {
             Msg::Entries(e) => format!("Entries{}", self.entries_str(e)),
             Msg::Ack { have, batches } => format!("Ack({batches}, {})", self.vv_str(have)),
             Msg::Bye { reason } => format!("Bye({reason})"),
+            Msg::Snapshot { docs, done } => format!("Snapshot({} docs, done {done:?})", docs.len()),
         }
     }
 
@@ -850,6 +851,9 @@ impl Sim {
                         twice,
                     },
                 );
+            }
+            Output::ReadDocs { .. } | Output::ApplySnapshot { .. } => {
+                panic!("{me}: a snapshot, but nothing is compacted in this simulation")
             }
             Output::Connect { peer } => {
                 self.stats.connects += 1;

@@ -78,6 +78,11 @@ impl Events {
         self.log.send_replace(vv);
     }
 
+    /// Merges `vv` into the log vector (after a snapshot raised the floor).
+    pub fn observe(&self, vv: &VersionVector) {
+        self.log.send_modify(|log| log.merge(vv));
+    }
+
     /// Whether any feed subscriber listens (values are only read then).
     pub fn has_subscribers(&self) -> bool {
         self.changes.receiver_count() > 0

@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::db::capture::LogEntry;
+use crate::db::capture::{LogEntry, SnapshotDoc};
 
 use super::proto::{Hello, Msg, PROTOCOL_VERSION};
 use super::vv::VersionVector;
@@ -80,18 +80,43 @@ pub struct Identity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A connection is up. `peer` is Some for connections this node made.
-    Connected { link: LinkId, peer: Option<PeerId> },
+    Connected {
+        link: LinkId,
+        peer: Option<PeerId>,
+    },
     /// Connecting to a configured peer failed.
-    ConnectFailed { peer: PeerId, error: String },
+    ConnectFailed {
+        peer: PeerId,
+        error: String,
+    },
     /// The connection is gone (closed by either side or broken).
-    Closed { link: LinkId },
-    Received { link: LinkId, msg: Msg },
+    Closed {
+        link: LinkId,
+    },
+    Received {
+        link: LinkId,
+        msg: Msg,
+    },
     /// The local log holds this now (after a local commit or an apply).
     LogAdvanced(VersionVector),
     /// The result of [`Output::ReadLog`].
-    LogRead { link: LinkId, entries: Vec<LogEntry> },
-    /// The result of [`Output::Apply`].
-    Applied { link: LinkId, outcome: ApplyOutcome },
+    LogRead {
+        link: LinkId,
+        entries: Vec<LogEntry>,
+    },
+    /// The result of [`Output::ReadDocs`].
+    DocsRead {
+        link: LinkId,
+        docs: Vec<SnapshotDoc>,
+    },
+    /// The result of [`Output::Apply`] or [`Output::ApplySnapshot`].
+    Applied {
+        link: LinkId,
+        outcome: ApplyOutcome,
+    },
+    /// The local log may now lack entries at or below this (compacted, or
+    /// covered by a snapshot): a peer below it gets a snapshot.
+    Compacted(VersionVector),
     Tick,
 }
 
@@ -109,7 +134,10 @@ pub enum ApplyOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Send { link: LinkId, msg: Msg },
+    Send {
+        link: LinkId,
+        msg: Msg,
+    },
     /// Read log entries with `after[origin] < seq <= upto[origin]`, in seq
     /// order per origin, at most `max_entries` and about `max_bytes` of
     /// updates (at least one entry), and only entries whose schema version
@@ -125,9 +153,36 @@ pub enum Output {
     },
     /// Apply these remote entries; reply with [`Input::Applied`], and with
     /// [`Input::LogAdvanced`] first if the log advanced.
-    Apply { link: LinkId, peer: String, entries: Vec<LogEntry> },
-    Connect { peer: PeerId },
-    Close { link: LinkId, reason: String },
+    Apply {
+        link: LinkId,
+        peer: String,
+        entries: Vec<LogEntry>,
+    },
+    /// Read row documents after `after` in (table, key) order, at most
+    /// `max_docs` and about `max_bytes` (at least one); reply with
+    /// [`Input::DocsRead`] (empty: the end).
+    ReadDocs {
+        link: LinkId,
+        after: Option<(String, String)>,
+        max_docs: usize,
+        max_bytes: usize,
+    },
+    /// Merge these documents of a peer's snapshot; `done` (on the last
+    /// batch) is the peer's vector when the snapshot began. Reply with
+    /// [`Input::Applied`], and [`Input::LogAdvanced`] first.
+    ApplySnapshot {
+        link: LinkId,
+        peer: String,
+        docs: Vec<SnapshotDoc>,
+        done: Option<VersionVector>,
+    },
+    Connect {
+        peer: PeerId,
+    },
+    Close {
+        link: LinkId,
+        reason: String,
+    },
 }
 
 /// What a peer link is doing, for status and metrics.
@@ -177,12 +232,33 @@ struct Link {
     /// The local vector when a read came back empty: read again only
     /// once the log moved past it.
     empty_at: Option<VersionVector>,
+    /// Set while the peer is sent a snapshot (it was behind compaction).
+    snapshot: Option<SnapshotCursor>,
     // Receive side.
-    inbox: VecDeque<Vec<LogEntry>>,
+    inbox: VecDeque<Batch>,
     applying: bool,
     /// Set when this side stopped taking entries (schema).
     paused: Option<String>,
     stats: LinkStats,
+}
+
+/// Where a snapshot being sent stands.
+#[derive(Debug, Clone)]
+struct SnapshotCursor {
+    /// The local vector when it began: the documents hold at least this.
+    upto: VersionVector,
+    /// The last document sent.
+    after: Option<(String, String)>,
+}
+
+/// A received batch waiting to be applied.
+#[derive(Debug)]
+enum Batch {
+    Entries(Vec<LogEntry>),
+    Snapshot {
+        docs: Vec<SnapshotDoc>,
+        done: Option<VersionVector>,
+    },
 }
 
 /// Counters per link, for status.
@@ -225,6 +301,8 @@ pub struct Core {
     me: Identity,
     now: Millis,
     local: VersionVector,
+    /// The local log may lack entries at or below this.
+    compacted: VersionVector,
     links: BTreeMap<LinkId, Link>,
     peers: Vec<Peer>,
     out: Vec<Output>,
@@ -232,7 +310,13 @@ pub struct Core {
 
 impl Core {
     /// `peers`: how many configured peers to keep connected (ids 0..peers).
-    pub fn new(config: CoreConfig, me: Identity, local: VersionVector, peers: usize, now: Millis) -> Core {
+    pub fn new(
+        config: CoreConfig,
+        me: Identity,
+        local: VersionVector,
+        peers: usize,
+        now: Millis,
+    ) -> Core {
         assert!(config.window_batches > 0 && config.batch_entries > 0 && config.batch_bytes > 0);
         assert!(config.retry_min > 0 && config.retry_min <= config.retry_max);
         assert!(config.heartbeat < config.peer_timeout);
@@ -248,6 +332,7 @@ impl Core {
             me,
             now,
             local,
+            compacted: VersionVector::new(),
             links: BTreeMap::new(),
             peers: vec![peer; peers],
             out: Vec::new(),
@@ -269,6 +354,11 @@ impl Core {
             Input::Received { link, msg } => self.on_message(link, msg),
             Input::LogAdvanced(vv) => self.on_log_advanced(vv),
             Input::LogRead { link, entries } => self.on_log_read(link, entries),
+            Input::DocsRead { link, docs } => self.on_docs_read(link, docs),
+            Input::Compacted(vv) => {
+                self.compacted.merge(&vv);
+                self.on_log_advanced(VersionVector::new());
+            }
             Input::Applied { link, outcome } => self.on_applied(link, outcome),
             Input::Tick => self.on_tick(),
         }
@@ -295,6 +385,7 @@ impl Core {
                 unacked: 0,
                 reading: false,
                 empty_at: None,
+                snapshot: None,
                 inbox: VecDeque::new(),
                 applying: false,
                 paused: None,
@@ -342,7 +433,12 @@ impl Core {
     /// Closes a link now (the driver reports no `Closed` for it).
     fn close(&mut self, link: LinkId, reason: &str) {
         if self.links.contains_key(&link) {
-            self.send(link, Msg::Bye { reason: reason.to_string() });
+            self.send(
+                link,
+                Msg::Bye {
+                    reason: reason.to_string(),
+                },
+            );
             self.out.push(Output::Close {
                 link,
                 reason: reason.to_string(),
@@ -369,6 +465,7 @@ impl Core {
             Msg::Hello(_) => self.close(link, "protocol error: a second Hello"),
             _ if !established => self.close(link, "protocol error: a message before Hello"),
             Msg::Entries(entries) => self.on_entries(link, entries),
+            Msg::Snapshot { docs, done } => self.on_snapshot(link, docs, done),
             Msg::Ack { have, batches } => self.on_ack(link, have, batches),
             Msg::Bye { .. } => self.close(link, "the peer closed the link"),
         }
@@ -442,21 +539,55 @@ impl Core {
         }
     }
 
-    fn on_entries(&mut self, link: LinkId, entries: Vec<LogEntry>) {
-        let window = self.config.window_batches;
+    /// Whether `link`'s inbox can take one more batch (else the peer broke
+    /// the window and the link is closed).
+    fn inbox_has_room(&mut self, link: LinkId) -> bool {
         let l = self.links.get_mut(&link).expect("caller checked");
-        if l.inbox.len() >= window + 1 {
-            return self.close(link, "protocol error: more unacknowledged batches than the window");
+        if l.inbox.len() > self.config.window_batches {
+            self.close(
+                link,
+                "protocol error: more unacknowledged batches than the window",
+            );
+            return false;
         }
+        true
+    }
+
+    fn on_snapshot(&mut self, link: LinkId, docs: Vec<SnapshotDoc>, done: Option<VersionVector>) {
+        if !self.inbox_has_room(link) {
+            return;
+        }
+        if docs.len() > self.config.batch_entries {
+            return self.close(
+                link,
+                "protocol error: a snapshot batch larger than sync.batch_entries",
+            );
+        }
+        let l = self.links.get_mut(&link).expect("caller checked");
+        if let Some(done) = &done {
+            l.sent.merge(done);
+        }
+        l.inbox.push_back(Batch::Snapshot { docs, done });
+        self.start_apply(link);
+    }
+
+    fn on_entries(&mut self, link: LinkId, entries: Vec<LogEntry>) {
+        if !self.inbox_has_room(link) {
+            return;
+        }
+        let l = self.links.get_mut(&link).expect("caller checked");
         if entries.len() > self.config.batch_entries {
-            return self.close(link, "protocol error: a batch larger than sync.batch_entries");
+            return self.close(
+                link,
+                "protocol error: a batch larger than sync.batch_entries",
+            );
         }
         l.stats.entries_received += entries.len() as u64;
         // The peer holds what it sent: never push it back.
         for e in &entries {
             l.sent.observe(e.origin, e.seq);
         }
-        l.inbox.push_back(entries);
+        l.inbox.push_back(Batch::Entries(entries));
         self.start_apply(link);
     }
 
@@ -471,16 +602,29 @@ impl Core {
         let Some(batch) = l.inbox.pop_front() else {
             return;
         };
+        let peer = l
+            .remote
+            .as_ref()
+            .map_or_else(String::new, |r| r.node_id.clone());
+        let batch = match batch {
+            Batch::Entries(entries) => entries,
+            Batch::Snapshot { docs, done } => {
+                l.applying = true;
+                self.out.push(Output::ApplySnapshot {
+                    link,
+                    peer,
+                    docs,
+                    done,
+                });
+                return;
+            }
+        };
         // Entries this node holds already are dropped here (the database
         // would call them duplicates anyway).
         let fresh: Vec<LogEntry> = batch
             .into_iter()
             .filter(|e| e.seq > local.get(e.origin))
             .collect();
-        let peer = l
-            .remote
-            .as_ref()
-            .map_or_else(String::new, |r| r.node_id.clone());
         if fresh.is_empty() {
             l.stats.batches_applied += 1;
             let have = self.local.clone();
@@ -524,7 +668,10 @@ impl Core {
     fn on_ack(&mut self, link: LinkId, have: VersionVector, batches: u64) {
         let l = self.links.get_mut(&link).expect("caller checked");
         if batches as usize > l.unacked {
-            return self.close(link, "protocol error: acknowledged more batches than were sent");
+            return self.close(
+                link,
+                "protocol error: acknowledged more batches than were sent",
+            );
         }
         l.unacked -= batches as usize;
         l.sent.merge(&have);
@@ -560,8 +707,25 @@ impl Core {
         if self.local.ahead_of(&l.sent).next().is_none() {
             return;
         }
+        if l.snapshot.is_none() && behind_compaction(&self.compacted, &self.local, &l.sent) {
+            // Entries the peer lacks are gone from the log: send it every
+            // row document instead, then the log from where they stand.
+            l.snapshot = Some(SnapshotCursor {
+                upto: self.local.clone(),
+                after: None,
+            });
+        }
         l.reading = true;
         l.empty_at = None;
+        if let Some(cursor) = &l.snapshot {
+            self.out.push(Output::ReadDocs {
+                link,
+                after: cursor.after.clone(),
+                max_docs: self.config.batch_entries,
+                max_bytes: self.config.batch_bytes,
+            });
+            return;
+        }
         let max_schema = remote.schema_version;
         self.out.push(Output::ReadLog {
             link,
@@ -571,6 +735,32 @@ impl Core {
             max_bytes: self.config.batch_bytes,
             max_schema,
         });
+    }
+
+    fn on_docs_read(&mut self, link: LinkId, docs: Vec<SnapshotDoc>) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        assert!(l.reading, "a DocsRead without a ReadDocs");
+        l.reading = false;
+        let Some(cursor) = l.snapshot.as_mut() else {
+            return;
+        };
+        assert!(docs.len() <= self.config.batch_entries);
+        let done = if docs.is_empty() {
+            let upto = cursor.upto.clone();
+            l.sent.merge(&upto);
+            l.snapshot = None;
+            Some(upto)
+        } else {
+            let last = docs.last().expect("not empty");
+            cursor.after = Some((last.table.clone(), last.key.clone()));
+            None
+        };
+        l.unacked += 1;
+        l.stats.batches_sent += 1;
+        self.send(link, Msg::Snapshot { docs, done });
+        self.pump(link);
     }
 
     fn on_log_read(&mut self, link: LinkId, entries: Vec<LogEntry>) {
@@ -603,7 +793,8 @@ impl Core {
         for (&id, l) in &self.links {
             if now.saturating_sub(l.last_heard) >= self.config.peer_timeout {
                 dead.push(id);
-            } else if l.remote.is_some() && now.saturating_sub(l.last_sent) >= self.config.heartbeat {
+            } else if l.remote.is_some() && now.saturating_sub(l.last_sent) >= self.config.heartbeat
+            {
                 idle.push(id);
             }
         }
@@ -695,7 +886,23 @@ impl Core {
                 && !l.applying
                 && l.inbox.is_empty()
                 && l.unacked == 0
-                && l.remote.as_ref().is_some_and(|r| r.have.covers(&self.local))
+                && l.remote
+                    .as_ref()
+                    .is_some_and(|r| r.have.covers(&self.local))
         })
     }
+}
+
+/// Whether a peer that holds `sent` needs entries the log no longer has:
+/// for some origin, the peer is below the compacted floor and this node
+/// holds more than the peer.
+fn behind_compaction(
+    compacted: &VersionVector,
+    local: &VersionVector,
+    sent: &VersionVector,
+) -> bool {
+    compacted
+        .0
+        .iter()
+        .any(|(&origin, &floor)| sent.get(origin) < floor && local.get(origin) > sent.get(origin))
 }

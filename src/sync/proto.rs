@@ -20,7 +20,7 @@
 //! length is checked against the bytes left, so a hostile message cannot
 //! make the decoder allocate more than it received.
 
-use crate::db::capture::LogEntry;
+use crate::db::capture::{LogEntry, SnapshotDoc};
 
 use super::vv::VersionVector;
 
@@ -38,6 +38,13 @@ pub enum Msg {
     Ack { have: VersionVector, batches: u64 },
     /// The sender closes the link, saying why.
     Bye { reason: String },
+    /// Row documents, for a receiver behind the sender's log compaction.
+    /// The last batch has no documents and `done`: the sender's vector
+    /// when the snapshot began (the documents hold at least that much).
+    Snapshot {
+        docs: Vec<SnapshotDoc>,
+        done: Option<VersionVector>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +69,7 @@ const TAG_HELLO: u8 = 1;
 const TAG_ENTRIES: u8 = 2;
 const TAG_ACK: u8 = 3;
 const TAG_BYE: u8 = 4;
+const TAG_SNAPSHOT: u8 = 5;
 
 impl Msg {
     pub fn encode(&self) -> Vec<u8> {
@@ -97,6 +105,22 @@ impl Msg {
             Msg::Bye { reason } => {
                 out.push(TAG_BYE);
                 put_bytes(&mut out, reason.as_bytes());
+            }
+            Msg::Snapshot { docs, done } => {
+                out.push(TAG_SNAPSHOT);
+                put_u64(&mut out, docs.len() as u64);
+                for d in docs {
+                    put_bytes(&mut out, d.table.as_bytes());
+                    put_bytes(&mut out, d.key.as_bytes());
+                    put_bytes(&mut out, &d.doc);
+                }
+                match done {
+                    Some(vv) => {
+                        out.push(1);
+                        put_vv(&mut out, vv);
+                    }
+                    None => out.push(0),
+                }
             }
         }
         out
@@ -136,6 +160,23 @@ impl Msg {
             TAG_BYE => Msg::Bye {
                 reason: r.string()?,
             },
+            TAG_SNAPSHOT => {
+                let n = r.count(3)?;
+                let mut docs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    docs.push(SnapshotDoc {
+                        table: r.string()?,
+                        key: r.string()?,
+                        doc: r.bytes()?.to_vec(),
+                    });
+                }
+                let done = match r.byte()? {
+                    0 => None,
+                    1 => Some(r.vv()?),
+                    flag => return Err(DecodeError(format!("bad snapshot flag {flag}"))),
+                };
+                Msg::Snapshot { docs, done }
+            }
             tag => return Err(DecodeError(format!("unknown message tag {tag}"))),
         };
         if !r.0.is_empty() {
@@ -266,6 +307,18 @@ mod tests {
             Msg::Ack { have, batches: 2 },
             Msg::Bye {
                 reason: "bye".into(),
+            },
+            Msg::Snapshot {
+                docs: vec![SnapshotDoc {
+                    table: "t".into(),
+                    key: "'k'".into(),
+                    doc: vec![1, 2, 3],
+                }],
+                done: None,
+            },
+            Msg::Snapshot {
+                docs: Vec::new(),
+                done: Some(VersionVector::new()),
             },
         ]
     }

@@ -34,6 +34,7 @@ use super::proto::Msg;
 use super::tls;
 use crate::config::Config;
 use crate::db::capture::{Applied, LogEntry};
+use crate::db::compact::{CompactPlan, PeerAck};
 use crate::db::log::{LogReader, NodeMeta};
 use crate::db::Database;
 use crate::metrics::Metrics;
@@ -68,6 +69,11 @@ enum Event {
         label: String,
     },
     Status(tokio::sync::oneshot::Sender<serde_json::Value>),
+    /// Time to compact the log: the driver starts a compaction with what
+    /// the connected peers acknowledged.
+    Compact,
+    /// A compaction finished; the log may now lack entries below this.
+    Compacted(crate::sync::vv::VersionVector),
 }
 
 /// A running sync layer.
@@ -168,6 +174,9 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
     actix_web::rt::spawn(server);
     actix_web::rt::spawn(watch_log(Arc::clone(&shared)));
     actix_web::rt::spawn(tick(Arc::clone(&shared)));
+    if !config.sync.compact_interval.is_zero() {
+        actix_web::rt::spawn(compact_periodically(Arc::clone(&shared)));
+    }
     let driver = Driver::new(shared, log, meta);
     actix_web::rt::spawn(driver.run(events_rx));
     Ok(Sync {
@@ -477,6 +486,17 @@ async fn watch_log(shared: Arc<Shared>) {
     }
 }
 
+async fn compact_periodically(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(shared.config.sync.compact_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if shared.events.send(Event::Compact).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn tick(shared: Arc<Shared>) {
     let every = (shared.config.sync.heartbeat / 4)
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
@@ -531,6 +551,15 @@ impl Driver {
     }
 
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        match self.log.compacted() {
+            Ok(compacted) => {
+                let outputs = self.core.handle(self.now(), Input::Compacted(compacted));
+                for output in outputs {
+                    self.carry_out(output);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading the compaction floor failed"),
+        }
         tracing::info!(node = %self.meta.node_id, peers = self.shared.config.sync.peers.len(), "sync started");
         while let Some(event) = events.recv().await {
             match event {
@@ -562,6 +591,13 @@ impl Driver {
                 }
                 Event::Status(reply) => {
                     let _ = reply.send(self.status_json());
+                }
+                Event::Compact => self.start_compaction(),
+                Event::Compacted(vv) => {
+                    let outputs = self.core.handle(self.now(), Input::Compacted(vv));
+                    for output in outputs {
+                        self.carry_out(output);
+                    }
                 }
             }
         }
@@ -628,6 +664,53 @@ impl Driver {
                         .await;
                 });
             }
+            Output::ReadDocs {
+                link,
+                after,
+                max_docs,
+                max_bytes,
+            } => {
+                let log = Arc::clone(&self.log);
+                let events = self.shared.events.clone();
+                tokio::task::spawn_blocking(move || {
+                    let docs = log
+                        .read_docs(after.as_ref(), max_docs, max_bytes)
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "reading row documents for a snapshot failed");
+                            Vec::new()
+                        });
+                    let _ = events.blocking_send(Event::Input(Input::DocsRead { link, docs }));
+                });
+            }
+            Output::ApplySnapshot {
+                link,
+                peer,
+                docs,
+                done,
+            } => {
+                let shared = Arc::clone(&self.shared);
+                let log = Arc::clone(&self.log);
+                actix_web::rt::spawn(async move {
+                    let last = done.is_some();
+                    let outcome = match shared.db.apply_snapshot(docs, done, &peer).await {
+                        Ok(_) => ApplyOutcome::Done,
+                        Err(e) => ApplyOutcome::Failed(format!("{}: {}", e.code, e.message)),
+                    };
+                    if last {
+                        tracing::info!(peer = %peer, "caught up from a snapshot of the peer's documents");
+                        // The snapshot's vector now counts as held here.
+                        if let Ok(compacted) = log.compacted() {
+                            shared.db.events().observe(&compacted);
+                        }
+                    }
+                    let events = &shared.events;
+                    let vv = shared.db.events().log_vector();
+                    let _ = events.send(Event::Input(Input::LogAdvanced(vv))).await;
+                    let _ = events
+                        .send(Event::Input(Input::Applied { link, outcome }))
+                        .await;
+                });
+            }
             Output::Connect { peer } => {
                 actix_web::rt::spawn(dial(Arc::clone(&self.shared), peer));
             }
@@ -636,6 +719,46 @@ impl Driver {
                 self.drop_link(link);
             }
         }
+    }
+
+    /// Records what each connected peer acknowledged and deletes the log
+    /// entries all peers hold (see `db::compact`), on the writer.
+    fn start_compaction(&self) {
+        let acks: Vec<PeerAck> = self
+            .core
+            .status()
+            .into_iter()
+            .filter_map(|s| {
+                Some(PeerAck {
+                    node_id: s.node_id?,
+                    url: s.peer.map(|p| self.shared.config.sync.peers[p].clone()),
+                    have: s.peer_has?,
+                })
+            })
+            .collect();
+        let plan = CompactPlan {
+            acks,
+            configured: self.shared.config.sync.peers.clone(),
+            now_ms: crate::crdt::Hlc::now_ms(),
+            retention_ms: self.shared.config.sync.peer_retention.as_millis() as u64,
+        };
+        let shared = Arc::clone(&self.shared);
+        actix_web::rt::spawn(async move {
+            match shared.db.compact(plan).await {
+                Ok(outcome) => {
+                    if outcome.deleted > 0 {
+                        tracing::info!(entries = outcome.deleted, "compacted the change log");
+                    } else if let Some(why) = &outcome.waiting_for {
+                        tracing::debug!(reason = %why, "log compaction waits");
+                    }
+                    let _ = shared
+                        .events
+                        .send(Event::Compacted(outcome.compacted))
+                        .await;
+                }
+                Err(e) => tracing::warn!(error = %e.message, "log compaction failed"),
+            }
+        });
     }
 
     /// Dropping the sender ends the link's task, which closes the socket.

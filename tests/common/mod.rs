@@ -298,6 +298,8 @@ pub fn sync_env() -> Vec<(&'static str, String)> {
         ("OUTPOST_SYNC_RETRY_MAX", "1s".into()),
         ("OUTPOST_SYNC_PEER_TIMEOUT", "2s".into()),
         ("OUTPOST_SYNC_HEARTBEAT", "200ms".into()),
+        // Compaction runs all the time, so every scenario exercises it.
+        ("OUTPOST_SYNC_COMPACT_INTERVAL", "300ms".into()),
     ]
 }
 
