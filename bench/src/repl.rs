@@ -511,6 +511,169 @@ async fn poller(
     stats
 }
 
+// --- disk -----------------------------------------------------------------------------------
+
+/// fdatasync latency of the disk the nodes live on: `n` overwrites of one 4 KiB block of a file
+/// in `dir`, each followed by `fdatasync` (the cost under every commit and apply here).
+#[derive(Clone, Debug, Serialize)]
+pub struct FsyncProbe {
+    pub when: String,
+    pub samples: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+fn fsync_probe(dir: &Path, when: &str, n: usize) -> Option<FsyncProbe> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).ok()?;
+    let block = [0x5au8; 4096];
+    let mut hist = new_hist();
+    for _ in 0..n {
+        let t = Instant::now();
+        f.seek(SeekFrom::Start(0)).ok()?;
+        f.write_all(&block).ok()?;
+        f.sync_data().ok()?;
+        hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    let _ = std::fs::remove_file(&path);
+    let s = Summary::from_hist(&hist, 0, 0.0);
+    Some(FsyncProbe {
+        when: when.into(),
+        samples: n,
+        p50_us: s.p50_us,
+        p99_us: s.p99_us,
+    })
+}
+
+// --- CPU ------------------------------------------------------------------------------------
+
+/// CPU time (user + system, seconds) of each thread group of a process: threads named alike
+/// (`outpost-reader-3` → `outpost-reader`, `actix-rt|system:0|arbiter:1` → `actix-rt|system`)
+/// are summed.
+fn cpu_by_group(pid: u32) -> Vec<(String, f64)> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut groups: Vec<(String, f64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return groups;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // Fields after the comm start at field 3 (state); utime is field 14, stime 15.
+        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
+        let (Some(u), Some(s)) = (ticks(14), ticks(15)) else {
+            continue;
+        };
+        let group = thread_group(comm);
+        match groups.iter_mut().find(|g| g.0 == group) {
+            Some(g) => g.1 += (u + s) / hz,
+            None => groups.push((group, (u + s) / hz)),
+        }
+    }
+    groups
+}
+
+fn thread_group(comm: &str) -> String {
+    let base = comm.split(':').next().unwrap_or(comm);
+    base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '#')
+        .to_string()
+}
+
+/// CPU used by each node (and the harness itself) between two snapshots.
+struct CpuSnap {
+    at: Instant,
+    nodes: Vec<Vec<(String, f64)>>,
+    bench: f64,
+}
+
+impl CpuSnap {
+    fn take(c: &Cluster) -> CpuSnap {
+        CpuSnap {
+            at: Instant::now(),
+            nodes: c.nodes.iter().map(|n| cpu_by_group(n.proc.pid())).collect(),
+            bench: cpu_by_group(std::process::id()).iter().map(|g| g.1).sum(),
+        }
+    }
+
+    fn since(&self, before: &CpuSnap, names: &[String]) -> CpuUse {
+        let secs = (self.at - before.at).as_secs_f64().max(1e-9);
+        let nodes = self
+            .nodes
+            .iter()
+            .zip(&before.nodes)
+            .zip(names)
+            .map(|((a, b), name)| {
+                let mut threads: Vec<(String, f64)> = a
+                    .iter()
+                    .map(|(g, t)| {
+                        let was = b.iter().find(|x| &x.0 == g).map_or(0.0, |x| x.1);
+                        (g.clone(), (t - was).max(0.0) / secs)
+                    })
+                    .filter(|(_, c)| *c >= 0.005)
+                    .collect();
+                threads.sort_by(|x, y| y.1.total_cmp(&x.1));
+                NodeCpu {
+                    node: name.clone(),
+                    cores: threads.iter().map(|t| t.1).sum(),
+                    threads,
+                }
+            })
+            .collect();
+        CpuUse {
+            seconds: secs,
+            nodes,
+            bench_cores: (self.bench - before.bench).max(0.0) / secs,
+            cores_available: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCpu {
+    pub node: String,
+    /// Cores used on average over the run.
+    pub cores: f64,
+    /// By thread group, busiest first.
+    pub threads: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuUse {
+    pub seconds: f64,
+    pub nodes: Vec<NodeCpu>,
+    pub bench_cores: f64,
+    pub cores_available: usize,
+}
+
+impl CpuUse {
+    fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let total: f64 = self.nodes.iter().map(|n| n.cores).sum::<f64>() + self.bench_cores;
+        let mut s = format!(
+            "CPU over {:.1}s: {:.2} of {} cores (harness {:.2})",
+            self.seconds, total, self.cores_available, self.bench_cores
+        );
+        for n in &self.nodes {
+            let top: Vec<String> = n
+                .threads
+                .iter()
+                .take(4)
+                .map(|(g, c)| format!("{g} {c:.2}"))
+                .collect();
+            let _ = write!(s, "; {} {:.2} ({})", n.node, n.cores, top.join(", "));
+        }
+        s
+    }
+}
+
 // --- results ---------------------------------------------------------------------------------
 
 /// The server-side lag histogram of one node (or all), over one run.
@@ -628,6 +791,7 @@ pub struct LagRun {
     /// `outpost_sync_lag_seconds` per node, and all nodes merged.
     pub server: Vec<ServerLag>,
     pub traffic: Traffic,
+    pub cpu: CpuUse,
     pub problem: Option<String>,
 }
 
@@ -655,6 +819,7 @@ pub struct ThroughputRun {
     pub drain_seconds: Option<f64>,
     pub server_n3: ServerLag,
     pub traffic: Traffic,
+    pub cpu: CpuUse,
     pub samples: Vec<Sample>,
     pub problem: Option<String>,
 }
@@ -695,6 +860,8 @@ pub struct ReplReport {
     pub partition: Option<PartitionRun>,
     /// Environment of the cluster nodes (sync settings change convergence).
     pub node_env: Vec<String>,
+    /// fdatasync latency of the nodes' disk before and after the runs.
+    pub fsync: Vec<FsyncProbe>,
 }
 
 impl ReplReport {
@@ -790,6 +957,16 @@ impl ReplReport {
                 self.node_env.join(" ")
             }
         );
+        for f in &self.fsync {
+            let _ = writeln!(
+                out,
+                "  disk {}: 4 KiB overwrite + fdatasync p50 {} p99 {} ({} samples)",
+                f.when,
+                fmt_us(f.p50_us),
+                fmt_us(f.p99_us),
+                f.samples
+            );
+        }
         for r in &self.lag {
             let _ = writeln!(
                 out,
@@ -820,6 +997,7 @@ impl ReplReport {
                 let _ = writeln!(out, "      {}", s.describe());
             }
             let _ = writeln!(out, "    sync traffic: {}", r.traffic.describe());
+            let _ = writeln!(out, "    {}", r.cpu.describe());
             if let Some(p) = &r.problem {
                 let _ = writeln!(out, "    FAILED: {p}");
             }
@@ -843,6 +1021,7 @@ impl ReplReport {
             );
             let _ = writeln!(out, "    server lag on {}", t.server_n3.describe());
             let _ = writeln!(out, "    sync traffic: {}", t.traffic.describe());
+            let _ = writeln!(out, "    {}", t.cpu.describe());
             if let Some(p) = &t.problem {
                 let _ = writeln!(out, "    FAILED: {p}");
             }
@@ -910,6 +1089,7 @@ async fn lag_run(
     }
     let tracker = Arc::new(Tracker::new(ids, observe));
     let before = all_metrics(c).await?;
+    let cpu_before = CpuSnap::take(c);
     let done = Arc::new(AtomicBool::new(false));
     let interval = Duration::from_micros(plan.repl_poll_us.max(100));
     let mut pollers = Vec::new();
@@ -950,6 +1130,7 @@ async fn lag_run(
             polls.first_error = s.first_error;
         }
     }
+    let cpu = CpuSnap::take(c).since(&cpu_before, &names);
     let writes = writes?;
     let after = all_metrics(c).await?;
     let d = deltas(&after, &before);
@@ -1012,6 +1193,7 @@ async fn lag_run(
         all,
         server,
         traffic: Traffic::new(writes.ok, &SyncMetrics::sum(&d)),
+        cpu,
         problem,
     })
 }
@@ -1033,7 +1215,9 @@ async fn throughput_run(
     ids: &Arc<Ids>,
     concurrency: usize,
 ) -> Result<ThroughputRun> {
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     let before = all_metrics(c).await?;
+    let cpu_before = CpuSnap::take(c);
     let t0 = Instant::now();
     let measure_start = t0 + Duration::from_secs_f64(plan.warmup);
     let end = measure_start + Duration::from_secs_f64(plan.seconds);
@@ -1099,6 +1283,7 @@ async fn throughput_run(
             let _ = h.add(o);
         }
     }
+    let cpu = CpuSnap::take(c).since(&cpu_before, &names);
     let writes_done = Instant::now();
     let (final_seq, _) = seqs(c).await?;
     let mut drain_seconds = None;
@@ -1150,6 +1335,7 @@ async fn throughput_run(
         drain_seconds,
         server_n3: ServerLag::of("n3", &d[2]),
         traffic: Traffic::new(stats.ok, &SyncMetrics::sum(&d)),
+        cpu,
         samples: samples
             .iter()
             .map(|s| Sample {
@@ -1326,6 +1512,8 @@ pub fn run(
     let lag = plan.want("repl-lag");
     let thr = plan.want("repl-throughput");
     let mut err = None;
+    let probes = if plan.mode == "quick" { 50 } else { 300 };
+    repl.fsync.extend(fsync_probe(tmp, "before", probes));
     if lag || thr {
         eprintln!("== replication: 3-node mesh");
         match rt.block_on(Cluster::start(spec, &tmp.join("repl"), false)) {
@@ -1403,9 +1591,28 @@ pub fn run(
             Err(e) => err = Some(e.context("start the partition cluster")),
         }
     }
+    repl.fsync.extend(fsync_probe(tmp, "after", probes));
     report.repl = Some(repl);
     match err {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_groups() {
+        assert_eq!(thread_group("outpost-reader-3"), "outpost-reader");
+        assert_eq!(thread_group("outpost-writer"), "outpost-writer");
+        assert_eq!(
+            thread_group("actix-rt|system:0|arbiter:1"),
+            "actix-rt|system"
+        );
+        assert_eq!(thread_group("tokio-runtime-w"), "tokio-runtime-w");
+        let me = cpu_by_group(std::process::id());
+        assert!(!me.is_empty());
     }
 }
