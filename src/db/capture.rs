@@ -391,7 +391,7 @@ pub fn log_vector(conn: &Connection) -> rusqlite::Result<VersionVector> {
         "SELECT origin, max(seq) FROM _outpost_quarantine GROUP BY origin",
         "SELECT origin, upto FROM _outpost_compacted",
     ] {
-        let mut stmt = conn.prepare(&sql)?;
+        let mut stmt = conn.prepare(sql)?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             vv.observe(row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64);

@@ -7,8 +7,8 @@
 //! - [`tls`]: the cluster CA, node certificates and mutual-TLS configs;
 //! - [`transport`]: the HTTPS/WebSocket driver that runs the core.
 
-pub mod tls;
 pub mod core;
 pub mod proto;
+pub mod tls;
 pub mod transport;
 pub mod vv;
