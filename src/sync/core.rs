@@ -583,9 +583,13 @@ impl Core {
             );
         }
         l.stats.entries_received += entries.len() as u64;
-        // The peer holds what it sent: never push it back.
+        // The peer holds what it sent: never push it back, and count it
+        // as held in its status.
         for e in &entries {
             l.sent.observe(e.origin, e.seq);
+            if let Some(remote) = l.remote.as_mut() {
+                remote.have.observe(e.origin, e.seq);
+            }
         }
         l.inbox.push_back(Batch::Entries(entries));
         self.start_apply(link);
