@@ -614,6 +614,14 @@ impl Core {
             Batch::Entries(entries) => entries,
             Batch::Snapshot { docs, done } => {
                 l.applying = true;
+                if let Some(done) = &done {
+                    // Once this applies, the log may lack entries at or
+                    // below `done`: a peer below it must get a snapshot
+                    // from here too, not the entries above it (a gap).
+                    // Known now, before the LogAdvanced that lets links
+                    // push from the new vector.
+                    self.compacted.merge(done);
+                }
                 self.out.push(Output::ApplySnapshot {
                     link,
                     peer,
