@@ -788,6 +788,23 @@ impl Core {
             return;
         }
         assert!(entries.len() <= self.config.batch_entries);
+        // Entries are read in seq order per origin from what the peer holds
+        // (l.sent only grew since): a first entry above l.sent + 1 means the
+        // ones between were compacted after the read was asked for (the
+        // Compacted input is on its way). Never send the peer a gap: take
+        // the floor from the read and send a snapshot instead.
+        let mut gone = VersionVector::new();
+        let mut first = VersionVector::new();
+        for e in &entries {
+            if first.get(e.origin) == 0 && e.seq > l.sent.get(e.origin) + 1 {
+                gone.observe(e.origin, e.seq - 1);
+            }
+            first.observe(e.origin, e.seq);
+        }
+        if !gone.0.is_empty() {
+            self.compacted.merge(&gone);
+            return self.pump(link);
+        }
         for e in &entries {
             l.sent.observe(e.origin, e.seq);
         }
