@@ -2,6 +2,7 @@
 //! the admin listener (health, readiness, version, Prometheus metrics).
 
 pub mod admin;
+pub mod feed;
 pub mod http;
 pub mod stream;
 pub mod ws;
@@ -38,6 +39,7 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
         .route("/v3/cursor", web::post().to(http::cursor))
         .route("/v1/execute", web::post().to(http::v1_execute))
         .route("/v1/batch", web::post().to(http::v1_batch))
+        .route("/v1/feed", web::get().to(feed::subscribe))
         .route("/v1", web::get().to(http::probe))
         .route("/v2", web::get().to(http::probe))
         .route("/v3", web::get().to(http::probe))
