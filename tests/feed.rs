@@ -433,16 +433,10 @@ fn websocket_feed() {
     );
 
     // Pings are answered; the client closing frees the subscriber.
-    ws.send(tungstenite::Message::Ping(b"hi".to_vec().into()))
-        .unwrap();
-    loop {
-        match ws.read().unwrap() {
-            tungstenite::Message::Pong(p) => {
-                assert_eq!(&p[..], b"hi");
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    ws.send(tungstenite::Message::Ping(b"hi".to_vec())).unwrap();
+    match ws.read().unwrap() {
+        tungstenite::Message::Pong(p) => assert_eq!(&p[..], b"hi"),
+        other => panic!("unexpected {other:?}"),
     }
     ws.close(None).unwrap();
     while ws_next(&mut ws).is_some() {}
@@ -519,16 +513,10 @@ fn websocket_slow_subscriber_gets_lagged_then_close() {
     assert_eq!(lagged["type"], "lagged", "{lagged}");
     assert!(lagged["missed"].as_u64().unwrap() > 0);
     // Then the server closes (1013, try again later).
-    loop {
-        match ws.read() {
-            Ok(tungstenite::Message::Close(Some(frame))) => {
-                assert_eq!(u16::from(frame.code), 1013);
-                break;
-            }
-            Ok(tungstenite::Message::Close(None)) => panic!("close without code"),
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(e) => panic!("expected a close frame: {e}"),
-        }
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1013),
+        Ok(other) => panic!("expected a close frame with a code, got {other:?}"),
+        Err(e) => panic!("expected a close frame: {e}"),
     }
 }
 
@@ -686,4 +674,58 @@ fn auth_required_and_read_only_tokens_may_subscribe() {
         json!([1]),
         values,
     );
+}
+
+#[test]
+fn replicated_changes_reach_the_feed() {
+    // Two nodes over mutual TLS: n2 lists n1 as its peer.
+    let ca = tempfile::tempdir().unwrap();
+    let node = |peers: Vec<String>| {
+        Server::start_with(Options {
+            ca_dir: Some(ca.path()),
+            sync_listen: Some("127.0.0.1:0".into()),
+            peers,
+            env: common::sync_env(),
+            ..Options::default()
+        })
+    };
+    let n1 = node(vec![]);
+    let n2 = node(vec![n1.sync.clone().expect("n1 sync listener")]);
+    for n in [&n1, &n2] {
+        exec(
+            n,
+            n.token.as_deref(),
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+        );
+    }
+    let mut local = sse_ok(&n1, "tables=t", n1.token.as_deref());
+    let mut remote = sse_ok(&n2, "tables=t", n2.token.as_deref());
+
+    exec(
+        &n1,
+        n1.token.as_deref(),
+        "INSERT INTO t VALUES (1, 'from n1')",
+    );
+    exec(
+        &n2,
+        n2.token.as_deref(),
+        "INSERT INTO t VALUES (2, 'from n2')",
+    );
+    let values = |id: i64, v: &str| json!({"id": id, "v": v});
+    // Each node's feed has its own change and, once replicated, the other's,
+    // with the writer's origin, seq and hlc.
+    let mut on_n1: Vec<Json> = vec![local.next_change(), local.next_change()];
+    let mut on_n2: Vec<Json> = vec![remote.next_change(), remote.next_change()];
+    on_n1.sort_by_key(|c| c["key"][0].as_i64());
+    on_n2.sort_by_key(|c| c["key"][0].as_i64());
+    for changes in [&on_n1, &on_n2] {
+        assert_change(&changes[0], "t", "insert", json!([1]), values(1, "from n1"));
+        assert_change(&changes[1], "t", "insert", json!([2]), values(2, "from n2"));
+    }
+    for i in 0..2 {
+        for field in ["origin", "seq", "hlc"] {
+            assert_eq!(on_n1[i][field], on_n2[i][field], "{field}");
+        }
+    }
+    assert_ne!(on_n1[0]["origin"], on_n1[1]["origin"]);
 }
