@@ -178,6 +178,9 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     .disable_signals()
     // Small request/response exchanges: never let Nagle hold a reply back.
     .tcp_nodelay(true)
+    // A client that closed its side is gone: end its response (a live-feed
+    // subscriber frees its place at once).
+    .h1_allow_half_closed(false)
     .shutdown_timeout(10);
     if config.api.workers > 0 {
         api = api.workers(config.api.workers);
@@ -227,6 +230,7 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
+    db.events().close();
     api_handle.stop(true).await;
     admin_handle.stop(true).await;
     if let Some(sync) = &sync {

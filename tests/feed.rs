@@ -729,3 +729,21 @@ fn replicated_changes_reach_the_feed() {
     }
     assert_ne!(on_n1[0]["origin"], on_n1[1]["origin"]);
 }
+
+/// SIGTERM ends live subscriptions at once instead of waiting out the
+/// shutdown timeout (10 s) for them.
+#[test]
+fn open_subscriptions_do_not_hold_up_shutdown() {
+    let mut server = Server::start();
+    setup(&server, None);
+    let _sse = sse_ok(&server, "tables=t", None);
+    let _ws = ws_connect(&server, "tables=t");
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?} with open subscriptions",
+        started.elapsed()
+    );
+}

@@ -164,6 +164,7 @@ pub async fn subscribe(
     let feed = Feed {
         filter,
         rx: app.db.events().subscribe(),
+        closing: app.db.events().closing(),
         metrics: Arc::clone(&app.metrics),
         _slot: slot,
     };
@@ -431,6 +432,8 @@ impl Drop for Slot {
 struct Feed {
     filter: Filter,
     rx: broadcast::Receiver<Arc<[ChangeEvent]>>,
+    /// Turns true when the server shuts down: every feed ends then.
+    closing: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     _slot: Slot,
 }
@@ -449,7 +452,11 @@ impl Feed {
     /// transaction is taken from the ring and returned in the same poll.
     async fn next(&mut self) -> Next {
         loop {
-            match self.rx.recv().await {
+            let received = tokio::select! {
+                received = self.rx.recv() => received,
+                _ = self.closing.wait_for(|closing| *closing) => return Next::Closed,
+            };
+            match received {
                 Ok(committed) => {
                     let changes: Vec<Json> = committed
                         .iter()

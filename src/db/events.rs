@@ -48,6 +48,7 @@ pub struct ChangeEvent {
 pub struct Events {
     changes: broadcast::Sender<Arc<[ChangeEvent]>>,
     log: watch::Sender<VersionVector>,
+    closing: watch::Sender<bool>,
 }
 
 impl Events {
@@ -56,7 +57,12 @@ impl Events {
     pub fn new(feed_capacity: usize, initial: VersionVector) -> Events {
         let (changes, _) = broadcast::channel(feed_capacity.max(1));
         let (log, _) = watch::channel(initial);
-        Events { changes, log }
+        let (closing, _) = watch::channel(false);
+        Events {
+            changes,
+            log,
+            closing,
+        }
     }
 
     /// Called by the writer after a COMMIT that wrote log entries.
@@ -71,6 +77,17 @@ impl Events {
         });
         // No receiver is not an error: nobody subscribed.
         let _ = self.changes.send(committed.into());
+    }
+
+    /// The server is shutting down: long-lived subscribers (the live
+    /// feed) end now instead of holding the shutdown up.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Turns true when [`Events::close`] is called.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Replaces the log vector (at start, read from the database).
