@@ -53,11 +53,21 @@ const REPLICATED_OPS_GOAL: f64 = 3_000.0;
 /// Issue 5: convergence ≤ 5 s after a partition heals.
 const CONVERGE_GOAL_S: f64 = 5.0;
 /// How long acknowledged writes may take to show on every node once writes stop, and n3 to
-/// catch up after the throughput run, before the run counts as "did not converge".
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// After a heal: how long to wait for convergence, and for equal vectors once writes stop.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
-const EQUAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// catch up after the throughput run, before the run counts as "did not converge"
+/// (shorter in quick mode, so that a broken replication fails CI quickly).
+fn drain_timeout(plan: &Plan) -> Duration {
+    Duration::from_secs(if plan.mode == "quick" { 20 } else { 60 })
+}
+
+/// After a heal: how long to wait for convergence.
+fn converge_timeout(plan: &Plan) -> Duration {
+    Duration::from_secs(if plan.mode == "quick" { 30 } else { 120 })
+}
+
+/// Once the partition run's writes stop: how long to wait for equal log vectors.
+fn equal_timeout(plan: &Plan) -> Duration {
+    Duration::from_secs(if plan.mode == "quick" { 20 } else { 60 })
+}
 
 fn origin_base(node: usize) -> i64 {
     (node as i64 + 1) * ID_BASE
@@ -1102,7 +1112,7 @@ async fn lag_run(
                 tracker.clone(),
                 interval,
                 done.clone(),
-                DRAIN_TIMEOUT,
+                drain_timeout(plan),
             )));
         }
     }
@@ -1154,8 +1164,9 @@ async fn lag_run(
     let mut problem = None;
     if all.unseen > 0 {
         problem = Some(format!(
-            "replication lag ({name}): {} acknowledged writes never showed on another node within {DRAIN_TIMEOUT:?} ({})",
+            "replication lag ({name}): {} acknowledged writes never showed on another node within {:?} ({})",
             all.unseen,
+            drain_timeout(plan),
             pairs
                 .iter()
                 .filter(|p| p.unseen > 0)
@@ -1287,7 +1298,7 @@ async fn throughput_run(
     let writes_done = Instant::now();
     let (final_seq, _) = seqs(c).await?;
     let mut drain_seconds = None;
-    while writes_done.elapsed() < DRAIN_TIMEOUT {
+    while writes_done.elapsed() < drain_timeout(plan) {
         let (_, has) = seqs(c).await?;
         if has >= final_seq {
             drain_seconds = Some(writes_done.elapsed().as_secs_f64());
@@ -1311,7 +1322,8 @@ async fn throughput_run(
     let backlog = |s: &(Instant, u64, u64)| s.1.saturating_sub(s.2);
     let problem = if drain_seconds.is_none() {
         Some(format!(
-            "replication throughput c={concurrency}: n3 did not catch up with n1 within {DRAIN_TIMEOUT:?} after the writes stopped"
+            "replication throughput c={concurrency}: n3 did not catch up with n1 within {:?} after the writes stopped",
+            drain_timeout(plan)
         ))
     } else if stats.ok == 0 || stats.errors * 100 > stats.ok + stats.errors {
         Some(format!(
@@ -1395,7 +1407,7 @@ async fn partition_run(c: &Cluster, plan: &Plan) -> Result<PartitionRun> {
             "  healed: n3 lacks {} entries, n1 lacks {}",
             run.n3_missing_at_heal, run.n1_missing_at_heal
         );
-        while heal.elapsed() < CONVERGE_TIMEOUT {
+        while heal.elapsed() < converge_timeout(plan) {
             let mut vs: Vec<Vector> = Vec::new();
             for n in &c.nodes {
                 let s = cluster::status(n).await?;
@@ -1425,7 +1437,7 @@ async fn partition_run(c: &Cluster, plan: &Plan) -> Result<PartitionRun> {
     run.first_error = writes.first_error.clone();
     result?;
     let stopped = Instant::now();
-    while stopped.elapsed() < EQUAL_TIMEOUT {
+    while stopped.elapsed() < equal_timeout(plan) {
         let v = c.vectors().await?;
         if v.windows(2).all(|w| w[0] == w[1]) {
             run.equal_seconds_after_stop = Some(stopped.elapsed().as_secs_f64());
@@ -1444,13 +1456,15 @@ async fn partition_run(c: &Cluster, plan: &Plan) -> Result<PartitionRun> {
     }
     run.problem = if run.converge_seconds.is_none() {
         Some(format!(
-            "partition: the nodes did not converge within {CONVERGE_TIMEOUT:?} of the heal (reconnected: {})",
+            "partition: the nodes did not converge within {:?} of the heal (reconnected: {})",
+            converge_timeout(plan),
             run.reconnect_seconds
                 .map_or("no".to_string(), |s| format!("after {s:.2}s"))
         ))
     } else if run.equal_seconds_after_stop.is_none() {
         Some(format!(
-            "partition: log vectors still differ {EQUAL_TIMEOUT:?} after the writes stopped"
+            "partition: log vectors still differ {:?} after the writes stopped",
+            equal_timeout(plan)
         ))
     } else if run.digests_equal != Some(true) {
         Some(format!(
