@@ -91,8 +91,11 @@ impl Server {
             .env("OUTPOST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(addr) = &opts.sync_listen {
-            cmd.args(["--sync-listen", addr]);
+        // Never the default sync port: tests run in parallel, and a node
+        // that `init` gave a certificate starts its sync listener.
+        let sync_listen = opts.sync_listen.as_deref().unwrap_or("127.0.0.1:0");
+        if !opts.args.contains(&"--sync-listen") {
+            cmd.args(["--sync-listen", sync_listen]);
         }
         for peer in &opts.peers {
             cmd.args(["--peer", peer]);

@@ -140,7 +140,7 @@ export async function mintToken(dataDir, { readOnly = false, expires } = {}) {
     return token;
 }
 
-const READY_RE = /^READY api=(http:\/\/\S+) admin=(http:\/\/\S+)\s*$/;
+const READY_RE = /^READY api=(http:\/\/\S+) admin=(http:\/\/\S+)(?: sync=https:\/\/\S+)?\s*$/;
 
 /**
  * Start `outpost serve` on loopback ports chosen by the OS and wait (bounded) for its READY line.
@@ -159,6 +159,10 @@ export async function startServer({ dataDir, init = false, extraArgs = [], env }
         "--listen",
         "127.0.0.1:0",
         "--admin-listen",
+        "127.0.0.1:0",
+        // A node that `init` gave a certificate starts its sync listener:
+        // never on the default port, files run in parallel.
+        "--sync-listen",
         "127.0.0.1:0",
         ...extraArgs,
     ];
