@@ -713,13 +713,18 @@ impl Core {
         if l.reading || l.unacked >= self.config.window_batches {
             return;
         }
-        if l.empty_at.as_ref().is_some_and(|at| at.covers(&self.local)) {
-            return;
-        }
         if self.local.ahead_of(&l.sent).next().is_none() {
             return;
         }
-        if l.snapshot.is_none() && behind_compaction(&self.compacted, &self.local, &l.sent) {
+        let behind =
+            l.snapshot.is_none() && behind_compaction(&self.compacted, &self.local, &l.sent);
+        // A read that came back empty is not asked again until the log
+        // moves, unless the peer is behind the compaction floor: the read
+        // may have been empty because the entries were compacted meanwhile.
+        if !behind && l.empty_at.as_ref().is_some_and(|at| at.covers(&self.local)) {
+            return;
+        }
+        if behind {
             // Entries the peer lacks are gone from the log: send it every
             // row document instead, then the log from where they stand.
             l.snapshot = Some(SnapshotCursor {
