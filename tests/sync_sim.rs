@@ -7,9 +7,10 @@
 //! a FIFO queue with random delivery delays (TCP: FIFO within a connection,
 //! reordering across links and effects). The simulation cuts and heals
 //! pairs, drops connections, crashes and restarts nodes (the store is
-//! durable), upgrades schemas, re-runs applies (idempotency), fails applies
-//! and completes effects after random delays. At the end every link heals
-//! and every node must hold the same log and the same rows.
+//! durable), upgrades schemas, compacts logs (peers behind the floor get
+//! snapshots), re-runs applies (idempotency), fails applies and completes
+//! effects after random delays. At the end every link heals and every node
+//! must hold the same vector, the same log entries and the same rows.
 //!
 //! `OUTPOST_SIM_SEEDS=N` runs seeds 0..N (default 500);
 //! `OUTPOST_SIM_SEED=s` runs only seed `s` and prints a step trace:
@@ -2154,4 +2155,37 @@ fn newer_schema_entries_are_deferred_until_this_node_migrates() {
     sim.nodes[1].store.schema = 2;
     sim.settle(30_000).unwrap();
     assert_eq!(sim.nodes[1].store.vv.get(n0), 16);
+}
+
+#[test]
+fn nodes_away_past_retention_catch_up_from_snapshots_and_relay_them() {
+    // n1 -> n0, n2 -> n1, n3 -> n2; compaction every 100 ms, peers
+    // forgotten after 500 ms of silence.
+    let mut p = Params::calm(4, Topology::Chain, small_config());
+    p.compaction = Some((100, 500));
+    let mut sim = Sim::new(p, 4, false);
+    sim.run_for(300);
+    sim.crash(2);
+    sim.crash(3);
+    for i in 0..200u64 {
+        sim.commit((i % 2) as usize, one_row("t", i % 4, i as i64));
+        sim.run_for(5);
+    }
+    sim.run_for(1000);
+    let n0 = sim.nodes[0].origin;
+    assert!(
+        sim.nodes[1].store.compacted.get(n0) > 50,
+        "n1 compacted what n2 lacks"
+    );
+    // n2 comes back below n1's floor, n3 below what n2 will hold.
+    sim.start(2);
+    sim.run_for(30);
+    sim.start(3);
+    sim.settle(60_000).unwrap();
+    assert!(sim.stats.snapshots_done >= 2, "{:?}", sim.stats);
+    let n2 = &sim.nodes[2].store;
+    assert!(
+        n2.compacted.get(n0) > 50 && n2.log.len() < 300,
+        "n2 holds documents, not the old entries"
+    );
 }
