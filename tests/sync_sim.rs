@@ -32,6 +32,9 @@ use rand::{Rng, SeedableRng};
 
 const WALL_BASE: u64 = 1_700_000_000_000;
 
+/// A transaction: (table, key) -> the row's columns, or None (deleted).
+type Rows = BTreeMap<(String, String), Option<Vec<(String, Value)>>>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Topology {
     /// Every node configures every other node (duplicate links race).
@@ -589,7 +592,7 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
 
 impl Sim {
     fn new(p: Params, seed: u64, trace: bool) -> Sim {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_0a7b05u64);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f0a_7b05_u64);
         let mut nodes = Vec::new();
         let mut names = BTreeMap::new();
         for i in 0..p.nodes {
@@ -1180,7 +1183,7 @@ impl Sim {
     }
 
     /// Records `rows` as one local transaction (one stamp, as `flush` does).
-    fn commit(&mut self, n: usize, rows: BTreeMap<(String, String), Option<Vec<(String, Value)>>>) {
+    fn commit(&mut self, n: usize, rows: Rows) {
         self.stats.writes += 1;
         let compact_above = self.p.compact_above;
         let now = self.now;
@@ -1924,11 +1927,7 @@ fn row(key: u64, v: i64) -> Option<Vec<(String, Value)>> {
     ])
 }
 
-fn one_row(
-    table: &str,
-    key: u64,
-    v: i64,
-) -> BTreeMap<(String, String), Option<Vec<(String, Value)>>> {
+fn one_row(table: &str, key: u64, v: i64) -> Rows {
     BTreeMap::from([((table.to_string(), key.to_string()), row(key, v))])
 }
 
