@@ -669,6 +669,12 @@ impl Core {
                 // peer resends them when the link is made again.
                 l.inbox.clear();
                 l.paused = Some(reason.clone());
+                // Reconnecting soon would only meet the same entries: wait
+                // the longest backoff, and say why in the peer's status.
+                if let Some(p) = l.peer {
+                    self.peers[p].backoff = self.config.retry_max;
+                    self.peers[p].last_error = Some(format!("paused: {reason}"));
+                }
                 self.close(link, &format!("paused: {reason}"));
             }
             ApplyOutcome::Failed(error) => {
