@@ -74,6 +74,8 @@ enum Event {
     Compact,
     /// A compaction finished; the log may now lack entries below this.
     Compacted(crate::sync::vv::VersionVector),
+    /// Reading the log for this link failed: close it.
+    ReadFailed(LinkId),
 }
 
 /// A running sync layer.
@@ -593,6 +595,7 @@ impl Driver {
                     let _ = reply.send(self.status_json());
                 }
                 Event::Compact => self.start_compaction(),
+                Event::ReadFailed(link) => self.drop_link(link),
                 Event::Compacted(vv) => {
                     let outputs = self.core.handle(self.now(), Input::Compacted(vv));
                     for output in outputs {
@@ -635,17 +638,11 @@ impl Driver {
                 max_bytes,
                 max_schema,
             } => {
-                let log = Arc::clone(&self.log);
-                let events = self.shared.events.clone();
-                tokio::task::spawn_blocking(move || {
-                    let entries = log
-                        .read(&after, &upto, max_entries, max_bytes, max_schema)
-                        .unwrap_or_else(|e| {
-                            tracing::error!(error = %e, "reading the change log failed");
-                            Vec::new()
-                        });
-                    let _ = events.blocking_send(Event::Input(Input::LogRead { link, entries }));
-                });
+                self.read_then(
+                    link,
+                    move |log| log.read(&after, &upto, max_entries, max_bytes, max_schema),
+                    move |entries| Input::LogRead { link, entries },
+                );
             }
             Output::Apply {
                 link,
@@ -656,12 +653,7 @@ impl Driver {
                 let shared = Arc::clone(&self.shared);
                 actix_web::rt::spawn(async move {
                     let outcome = apply(&shared, &label, &peer, entries).await;
-                    let events = &shared.events;
-                    let vv = shared.db.events().log_vector();
-                    let _ = events.send(Event::Input(Input::LogAdvanced(vv))).await;
-                    let _ = events
-                        .send(Event::Input(Input::Applied { link, outcome }))
-                        .await;
+                    report_applied(&shared, link, outcome).await;
                 });
             }
             Output::ReadDocs {
@@ -670,17 +662,11 @@ impl Driver {
                 max_docs,
                 max_bytes,
             } => {
-                let log = Arc::clone(&self.log);
-                let events = self.shared.events.clone();
-                tokio::task::spawn_blocking(move || {
-                    let docs = log
-                        .read_docs(after.as_ref(), max_docs, max_bytes)
-                        .unwrap_or_else(|e| {
-                            tracing::error!(error = %e, "reading row documents for a snapshot failed");
-                            Vec::new()
-                        });
-                    let _ = events.blocking_send(Event::Input(Input::DocsRead { link, docs }));
-                });
+                self.read_then(
+                    link,
+                    move |log| log.read_docs(after.as_ref(), max_docs, max_bytes),
+                    move |docs| Input::DocsRead { link, docs },
+                );
             }
             Output::ApplySnapshot {
                 link,
@@ -703,12 +689,7 @@ impl Driver {
                             shared.db.events().observe(&compacted);
                         }
                     }
-                    let events = &shared.events;
-                    let vv = shared.db.events().log_vector();
-                    let _ = events.send(Event::Input(Input::LogAdvanced(vv))).await;
-                    let _ = events
-                        .send(Event::Input(Input::Applied { link, outcome }))
-                        .await;
+                    report_applied(&shared, link, outcome).await;
                 });
             }
             Output::Connect { peer } => {
@@ -719,6 +700,28 @@ impl Driver {
                 self.drop_link(link);
             }
         }
+    }
+
+    /// Runs a log read on a blocking thread and feeds its result back. A
+    /// failed read closes the link (the next one starts from the vectors).
+    fn read_then<T: Send + 'static>(
+        &self,
+        link: LinkId,
+        read: impl FnOnce(&LogReader) -> libsql_sys::rusqlite::Result<T> + Send + 'static,
+        input: impl FnOnce(T) -> Input + Send + 'static,
+    ) {
+        let log = Arc::clone(&self.log);
+        let events = self.shared.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let event = match read(&log) {
+                Ok(result) => Event::Input(input(result)),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the change log for a peer failed");
+                    Event::ReadFailed(link)
+                }
+            };
+            let _ = events.blocking_send(event);
+        });
     }
 
     /// Records what each connected peer acknowledged and deletes the log
@@ -828,6 +831,17 @@ impl Driver {
             "peers": peers,
         })
     }
+}
+
+/// Tells the core an apply finished: the log's new vector first, so that
+/// the acknowledgement carries it.
+async fn report_applied(shared: &Shared, link: LinkId, outcome: ApplyOutcome) {
+    let vv = shared.db.events().log_vector();
+    let events = &shared.events;
+    let _ = events.send(Event::Input(Input::LogAdvanced(vv))).await;
+    let _ = events
+        .send(Event::Input(Input::Applied { link, outcome }))
+        .await;
 }
 
 /// Entries the local log holds that a peer lacks.
