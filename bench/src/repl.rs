@@ -558,34 +558,35 @@ fn fsync_probe(dir: &Path, when: &str, n: usize) -> Option<FsyncProbe> {
 
 // --- CPU ------------------------------------------------------------------------------------
 
-/// CPU time (user + system, seconds) of each thread group of a process: threads named alike
-/// (`outpost-reader-3` → `outpost-reader`, `actix-rt|system:0|arbiter:1` → `actix-rt|system`)
-/// are summed.
-fn cpu_by_group(pid: u32) -> Vec<(String, f64)> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut groups: Vec<(String, f64)> = Vec::new();
+/// CPU time and run-queue wait (seconds, from `/proc/PID/task/TID/schedstat`) of each thread
+/// group of a process: threads named alike (`outpost-reader-3` → `outpost-reader`,
+/// `actix-rt|system:0|arbiter:1` → `actix-rt|system`) are summed. The wait is time a thread
+/// was runnable but not running: CPU contention.
+fn cpu_by_group(pid: u32) -> Vec<(String, f64, f64)> {
+    let mut groups: Vec<(String, f64, f64)> = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return groups;
     };
     for t in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(t.path().join("comm")),
+            std::fs::read_to_string(t.path().join("schedstat")),
+        ) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let mut f = sched
+            .split_whitespace()
+            .map(|x| x.parse::<f64>().unwrap_or(0.0) / 1e9);
+        let (Some(cpu), Some(wait)) = (f.next(), f.next()) else {
             continue;
         };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // Fields after the comm start at field 3 (state); utime is field 14, stime 15.
-        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
-        let (Some(u), Some(s)) = (ticks(14), ticks(15)) else {
-            continue;
-        };
-        let group = thread_group(comm);
+        let group = thread_group(comm.trim());
         match groups.iter_mut().find(|g| g.0 == group) {
-            Some(g) => g.1 += (u + s) / hz,
-            None => groups.push((group, (u + s) / hz)),
+            Some(g) => {
+                g.1 += cpu;
+                g.2 += wait;
+            }
+            None => groups.push((group, cpu, wait)),
         }
     }
     groups
@@ -600,7 +601,7 @@ fn thread_group(comm: &str) -> String {
 /// CPU used by each node (and the harness itself) between two snapshots.
 struct CpuSnap {
     at: Instant,
-    nodes: Vec<Vec<(String, f64)>>,
+    nodes: Vec<Vec<(String, f64, f64)>>,
     bench: f64,
 }
 
@@ -621,18 +622,23 @@ impl CpuSnap {
             .zip(&before.nodes)
             .zip(names)
             .map(|((a, b), name)| {
-                let mut threads: Vec<(String, f64)> = a
+                let mut threads: Vec<ThreadCpu> = a
                     .iter()
-                    .map(|(g, t)| {
-                        let was = b.iter().find(|x| &x.0 == g).map_or(0.0, |x| x.1);
-                        (g.clone(), (t - was).max(0.0) / secs)
+                    .map(|(g, cpu, wait)| {
+                        let was = b.iter().find(|x| &x.0 == g);
+                        ThreadCpu {
+                            group: g.clone(),
+                            cores: (cpu - was.map_or(0.0, |x| x.1)).max(0.0) / secs,
+                            runq_wait: (wait - was.map_or(0.0, |x| x.2)).max(0.0) / secs,
+                        }
                     })
-                    .filter(|(_, c)| *c >= 0.005)
+                    .filter(|t| t.cores >= 0.005 || t.runq_wait >= 0.005)
                     .collect();
-                threads.sort_by(|x, y| y.1.total_cmp(&x.1));
+                threads.sort_by(|x, y| y.cores.total_cmp(&x.cores));
                 NodeCpu {
                     node: name.clone(),
-                    cores: threads.iter().map(|t| t.1).sum(),
+                    cores: threads.iter().map(|t| t.cores).sum(),
+                    runq_wait: threads.iter().map(|t| t.runq_wait).sum(),
                     threads,
                 }
             })
@@ -647,12 +653,21 @@ impl CpuSnap {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct NodeCpu {
-    pub node: String,
+pub struct ThreadCpu {
+    pub group: String,
     /// Cores used on average over the run.
     pub cores: f64,
+    /// Seconds per second spent runnable but waiting for a CPU (summed over the group).
+    pub runq_wait: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCpu {
+    pub node: String,
+    pub cores: f64,
+    pub runq_wait: f64,
     /// By thread group, busiest first.
-    pub threads: Vec<(String, f64)>,
+    pub threads: Vec<ThreadCpu>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -668,7 +683,7 @@ impl CpuUse {
         use std::fmt::Write as _;
         let total: f64 = self.nodes.iter().map(|n| n.cores).sum::<f64>() + self.bench_cores;
         let mut s = format!(
-            "CPU over {:.1}s: {:.2} of {} cores (harness {:.2})",
+            "CPU over {:.1}s: {:.2} of {} cores (harness {:.2}); per node cores used / run-queue wait (s/s)",
             self.seconds, total, self.cores_available, self.bench_cores
         );
         for n in &self.nodes {
@@ -676,9 +691,16 @@ impl CpuUse {
                 .threads
                 .iter()
                 .take(4)
-                .map(|(g, c)| format!("{g} {c:.2}"))
+                .map(|t| format!("{} {:.2}/{:.2}", t.group, t.cores, t.runq_wait))
                 .collect();
-            let _ = write!(s, "; {} {:.2} ({})", n.node, n.cores, top.join(", "));
+            let _ = write!(
+                s,
+                "; {} {:.2}/{:.2} ({})",
+                n.node,
+                n.cores,
+                n.runq_wait,
+                top.join(", ")
+            );
         }
         s
     }
