@@ -365,14 +365,17 @@ async fn open_loop(
     tracker: Option<Arc<Tracker>>,
     stop: Arc<AtomicBool>,
 ) -> Result<WriteStats> {
-    type Pool = Arc<Mutex<Vec<Conn>>>;
+    // Idle connections with when they were last used; one idle longer than the server's
+    // keep-alive (actix: 5 s) may be closed under a request, so older ones are dropped.
+    type Pool = Arc<Mutex<Vec<(Conn, Instant)>>>;
+    const MAX_IDLE: Duration = Duration::from_secs(2);
     let pools: Vec<Pool> = (0..NODES).map(|_| Pool::default()).collect();
     let used: BTreeSet<usize> = cfg.pick.iter().copied().collect();
     for &n in &used {
         for _ in 0..4 {
             let mut c = cfg.targets[n].conn();
             c.connect().await?;
-            pools[n].lock().unwrap().push(c);
+            pools[n].lock().unwrap().push((c, Instant::now()));
         }
     }
     let mut rng = StdRng::from_entropy();
@@ -410,7 +413,11 @@ async fn open_loop(
         let target = cfg.targets[node].clone();
         let tracker = tracker.clone();
         tasks.spawn(async move {
-            let popped = pool.lock().unwrap().pop();
+            let popped = {
+                let mut idle = pool.lock().unwrap();
+                idle.retain(|(_, at)| at.elapsed() < MAX_IDLE);
+                idle.pop().map(|(c, _)| c)
+            };
             let mut conn = popped.unwrap_or_else(|| target.conn());
             let res = conn
                 .request(Method::POST, PIPELINE_PATH, Bytes::from(body))
@@ -423,7 +430,7 @@ async fn open_loop(
                     Err(_) => t.fail(node, id),
                 }
             }
-            pool.lock().unwrap().push(conn);
+            pool.lock().unwrap().push((conn, Instant::now()));
             (measured, done - due, res.err().map(|e| format!("{e:#}")))
         });
         while let Some(r) = tasks.try_join_next() {
