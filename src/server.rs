@@ -254,6 +254,15 @@ fn start_sync(
     metrics: &Arc<Metrics>,
 ) -> Result<Option<Arc<crate::sync::transport::Sync>>, ServeError> {
     use crate::sync::transport;
+    if !config.crdt.enabled() {
+        if !config.sync.peers.is_empty() {
+            return Err(ServeError::Refused(
+                "sync.peers is set but change capture is off (crdt.replicate = []): replication ships captured changes, so turn capture on or remove the peers".into(),
+            ));
+        }
+        tracing::info!("sync is off: change capture is off (crdt.replicate = [])");
+        return Ok(None);
+    }
     if !transport::configured(config) {
         if !config.sync.peers.is_empty() {
             return Err(ServeError::Refused(
