@@ -114,23 +114,10 @@ fn tls_files(config: &Config) -> Option<(PathBuf, PathBuf)> {
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
-    let open = |p: &Path| {
-        std::fs::File::open(p)
-            .map(std::io::BufReader::new)
-            .map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
-    };
-    let certs = rustls_pemfile::certs(&mut open(cert)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(ServeError::Tls(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
-    }
-    let key_der = rustls_pemfile::private_key(&mut open(key)?)
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?
-        .ok_or_else(|| ServeError::Tls(format!("{}: no private key found", key.display())))?;
+    use crate::sync::tls;
+    let tls_err = |e: tls::TlsError| ServeError::Tls(e.to_string());
+    let certs = tls::load_certs(cert).map_err(tls_err)?;
+    let key_der = tls::load_key(key).map_err(tls_err)?;
     let mut tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key_der)

@@ -685,23 +685,28 @@ impl Capture {
         if let Some(rejection) = self.reject_reason(entry) {
             return self.quarantine(conn, entry, peer, rejection);
         }
-        conn.execute_batch("SAVEPOINT outpost_apply")?;
-        match self.apply_in_savepoint(conn, entry) {
-            Ok(None) => {
-                conn.execute_batch("RELEASE outpost_apply")?;
-                Ok(Applied::Applied)
-            }
-            Ok(Some(rejection)) => {
-                conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
-                self.savepoint_rolled_back();
-                self.quarantine(conn, entry, peer, rejection)
-            }
-            Err(e) => {
-                conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
-                self.savepoint_rolled_back();
-                Err(e)
-            }
+        match self.in_savepoint(conn, || self.apply_in_savepoint(conn, entry))? {
+            Ok(()) => Ok(Applied::Applied),
+            Err(rejection) => self.quarantine(conn, entry, peer, rejection),
         }
+    }
+
+    /// Runs `work` inside a savepoint: kept if it succeeds, rolled back if
+    /// it refuses (the rejection is returned) or fails.
+    fn in_savepoint<T>(
+        &self,
+        conn: &Connection,
+        work: impl FnOnce() -> Result<Result<T, Rejection>, CaptureError>,
+    ) -> Result<Result<T, Rejection>, CaptureError> {
+        conn.execute_batch("SAVEPOINT outpost_apply")?;
+        let outcome = work();
+        if matches!(outcome, Ok(Ok(_))) {
+            conn.execute_batch("RELEASE outpost_apply")?;
+        } else {
+            conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
+            self.savepoint_rolled_back();
+        }
+        outcome
     }
 
     /// Records a refused entry in `_outpost_quarantine` (kept once; it is
@@ -792,15 +797,15 @@ impl Capture {
         &self,
         conn: &Connection,
         entry: &LogEntry,
-    ) -> Result<Option<Rejection>, CaptureError> {
+    ) -> Result<Result<(), Rejection>, CaptureError> {
         let merged = match self.merge_row(conn, &entry.table, &entry.key, &entry.update)? {
             Ok(merged) => merged,
-            Err(rejection) => return Ok(Some(rejection)),
+            Err(rejection) => return Ok(Err(rejection)),
         };
         self.hlc.borrow_mut().observe(entry.hlc);
         self.store(conn, entry, merged.doc)?;
         self.stage_event(entry, merged.op, || Some(merged.values));
-        Ok(None)
+        Ok(Ok(()))
     }
 
     /// Merges `update` (an entry's update, or a whole document from a
@@ -884,34 +889,24 @@ impl Capture {
             };
             let rejection = match self.reject_reason(&probe) {
                 Some(rejection) => Some(rejection),
-                None => {
-                    conn.execute_batch("SAVEPOINT outpost_apply")?;
-                    match self.merge_row(conn, &doc.table, &doc.key, &doc.doc) {
-                        Ok(Ok(merged)) => {
-                            conn.execute_batch("RELEASE outpost_apply")?;
-                            self.store_doc(conn, &doc.table, &doc.key, merged.doc)?;
-                            let (origin, hlc) = merged.winner;
-                            let event = LogEntry {
-                                origin,
-                                seq: 0,
-                                hlc,
-                                ..probe
-                            };
-                            self.stage_event(&event, merged.op, || Some(merged.values));
-                            None
-                        }
-                        Ok(Err(rejection)) => {
-                            conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
-                            self.savepoint_rolled_back();
-                            Some(rejection)
-                        }
-                        Err(e) => {
-                            conn.execute_batch("ROLLBACK TO outpost_apply; RELEASE outpost_apply")?;
-                            self.savepoint_rolled_back();
-                            return Err(e);
-                        }
-                    }
-                }
+                None => self
+                    .in_savepoint(conn, || {
+                        let merged = match self.merge_row(conn, &doc.table, &doc.key, &doc.doc)? {
+                            Ok(merged) => merged,
+                            Err(rejection) => return Ok(Err(rejection)),
+                        };
+                        self.store_doc(conn, &doc.table, &doc.key, merged.doc)?;
+                        let (origin, hlc) = merged.winner;
+                        let event = LogEntry {
+                            origin,
+                            seq: 0,
+                            hlc,
+                            ..probe
+                        };
+                        self.stage_event(&event, merged.op, || Some(merged.values));
+                        Ok(Ok(()))
+                    })?
+                    .err(),
             };
             if let Some(rejection) = rejection {
                 refused += 1;

@@ -240,12 +240,12 @@ fn check_documents(
 /// Every document equals the merge of its log entries — or, once the log
 /// was compacted, contains it (merging the entries changes nothing).
 fn check_log_covers_documents(conn: &Connection, report: &mut CheckReport) -> rusqlite::Result<()> {
-    let compacted: bool = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name = '_outpost_compacted'
-           AND EXISTS (SELECT 1 FROM _outpost_compacted)",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
+    let compacted = table_exists(conn, "_outpost_compacted")?
+        && conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM _outpost_compacted)",
+            [],
+            |r| r.get::<_, bool>(0),
+        )?;
     let mut log =
         conn.prepare("SELECT tbl, pk, \"update\" FROM _outpost_log ORDER BY tbl, pk, origin, seq")?;
     let mut stored = conn.prepare("SELECT doc FROM _outpost_rows WHERE tbl = ?1 AND pk = ?2")?;
@@ -317,22 +317,25 @@ fn check_log_covers_documents(conn: &Connection, report: &mut CheckReport) -> ru
     Ok(())
 }
 
+/// Whether the file has `name` (files from older versions may lack
+/// tables that `serve` creates).
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )
+}
+
 fn check_seq_dense(conn: &Connection, report: &mut CheckReport) -> rusqlite::Result<()> {
     // Quarantined entries (refused remote changes) fill their place in the
     // sequence; below `_outpost_compacted.upto` entries may be gone.
-    let exists = |name: &str| -> rusqlite::Result<bool> {
-        conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = ?1",
-            [name],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )
-    };
-    let floor_sql = if exists("_outpost_compacted")? {
+    let floor_sql = if table_exists(conn, "_outpost_compacted")? {
         "coalesce((SELECT upto FROM _outpost_compacted AS c WHERE c.origin = l.origin), 0)"
     } else {
         "0"
     };
-    let quarantined = if exists("_outpost_quarantine")? {
+    let quarantined = if table_exists(conn, "_outpost_quarantine")? {
         "UNION SELECT seq FROM _outpost_quarantine WHERE origin = ?1 AND seq > ?2 AND seq <= ?3"
     } else {
         ""

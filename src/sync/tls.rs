@@ -422,7 +422,8 @@ fn root_store(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM certificates in `path` (at least one).
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     load_certs_from(path, &read(path)?)
 }
 
@@ -442,7 +443,8 @@ fn load_certs_from(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// The PEM private key in `path`.
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
     let invalid = |reason: String| TlsError::Invalid {
         path: path.to_path_buf(),
