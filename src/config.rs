@@ -35,6 +35,7 @@ pub struct Config {
     pub crdt: CrdtConfig,
     pub sync: SyncConfig,
     pub feed: FeedConfig,
+    pub schema: SchemaConfig,
     pub log: LogConfig,
 }
 
@@ -250,6 +251,44 @@ impl Default for FeedConfig {
     }
 }
 
+/// Schema migrations: numbered SQL files, applied in order (`db::migrate`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// Directory of migration files (`0001_init.sql`, ...). Unset or empty:
+    /// the schema is not managed (version 0, any DDL through the API).
+    pub migrations: Option<PathBuf>,
+    /// Apply pending migrations when `outpost serve` starts.
+    pub migrate_on_start: bool,
+    /// When a peer is at a newer schema version, apply the migrations this
+    /// node has for it at once (else wait for `outpost migrate`).
+    pub auto_migrate: bool,
+    /// While a peer is at a newer version, how often to look for the
+    /// migration files this node lacks.
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: Duration,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        Self {
+            migrations: None,
+            migrate_on_start: true,
+            auto_migrate: true,
+            recheck_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SchemaConfig {
+    /// The migrations directory, if one is configured.
+    pub fn dir(&self) -> Option<&Path> {
+        self.migrations
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+}
+
 /// Every bound the server enforces. Each has a test at the bound.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -442,6 +481,7 @@ impl Config {
             ("sync.retry_min", self.sync.retry_min),
             ("sync.heartbeat", self.sync.heartbeat),
             ("sync.peer_timeout", self.sync.peer_timeout),
+            ("schema.recheck_interval", self.schema.recheck_interval),
         ] {
             if d.is_zero() {
                 return invalid(format!("{name} must be greater than 0"));
@@ -523,8 +563,8 @@ fn apply_env_overrides(
     tree: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    const SECTIONS: [&str; 10] = [
-        "node", "api", "admin", "auth", "db", "limits", "crdt", "sync", "feed", "log",
+    const SECTIONS: [&str; 11] = [
+        "node", "api", "admin", "auth", "db", "limits", "crdt", "sync", "feed", "schema", "log",
     ];
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("OUTPOST_") else {

@@ -28,6 +28,9 @@ struct Common {
     /// Data directory (overrides node.data_dir).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Directory of numbered migration files (overrides schema.migrations).
+    #[arg(long, global = true)]
+    migrations: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -110,10 +113,16 @@ enum Command {
         #[arg(long, default_value = "./outpost-dev")]
         dir: PathBuf,
     },
-    /// Apply pending migrations (not yet available).
+    /// Apply the pending migrations of the migrations directory, in order,
+    /// one transaction each. With --admin, the running node at that admin
+    /// URL applies those of its own directory; without, the data dir is
+    /// migrated offline (refused while `outpost serve` runs on it).
     Migrate {
         #[command(flatten)]
         common: Common,
+        /// Admin URL of a running node, e.g. http://127.0.0.1:9090.
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Verify that every replicated row matches its CRDT document, that the
     /// change log covers every document and that seq is dense per origin.
@@ -143,6 +152,9 @@ fn load_config(common: &Common) -> Result<Config> {
     let mut config = Config::load(common.config.as_deref(), std::env::vars())?;
     if let Some(dir) = &common.data_dir {
         config.node.data_dir = dir.clone();
+    }
+    if let Some(dir) = &common.migrations {
+        config.schema.migrations = Some(dir.clone());
     }
     Ok(config)
 }
@@ -240,7 +252,13 @@ fn main() -> Result<()> {
             base_port,
             dir,
         } => dev::run(nodes, base_port, &dir),
-        Command::Migrate { .. } => not_yet("migrate", 10),
+        Command::Migrate { common, admin } => {
+            let config = load_config(&common)?;
+            match admin {
+                Some(base) => migrate_through_admin(&base),
+                None => migrate_offline(&config),
+            }
+        }
         Command::Check { common, digest } => {
             let config = load_config(&common)?;
             run_check(&config, digest)
@@ -336,18 +354,98 @@ fn not_yet(command: &str, issue: u32) -> Result<()> {
     std::process::exit(2);
 }
 
-/// A minimal HTTP/1.1 GET against the admin listener (plain HTTP, loopback).
+/// Prints what a migration run applied, or that nothing was pending.
+fn report_migrations(applied: &[(i64, String)], version: i64) {
+    for (version, name) in applied {
+        println!("applied {name} (schema version {version})");
+    }
+    if applied.is_empty() {
+        println!("schema version {version} is up to date");
+    }
+}
+
+/// `outpost migrate` on a data dir no `serve` runs on.
+fn migrate_offline(config: &Config) -> Result<()> {
+    let dir = config
+        .schema
+        .dir()
+        .context("no migrations directory: pass --migrations DIR or set schema.migrations")?
+        .to_owned();
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let _lock = outpost::db::lock_data_dir(data_dir).map_err(|e| {
+        anyhow::anyhow!("{e}; to migrate a running node use `outpost migrate --admin http://<its admin.listen>`")
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let metrics = std::sync::Arc::new(outpost::metrics::Metrics::new());
+    let db = outpost::db::Database::open(config, metrics)?;
+    let run = runtime.block_on(db.migrate(&dir));
+    let version = db.events().schema().version;
+    db.shutdown();
+    let applied: Vec<(i64, String)> = run
+        .applied
+        .into_iter()
+        .map(|r| (r.version, r.name))
+        .collect();
+    match run.error {
+        None => {
+            report_migrations(&applied, version);
+            Ok(())
+        }
+        Some(e) => {
+            for (version, name) in &applied {
+                println!("applied {name} (schema version {version})");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// `outpost migrate --admin URL`: the running node migrates itself.
+fn migrate_through_admin(base: &str) -> Result<()> {
+    let (code, body) = http_request(base, "POST", "/migrate")?;
+    let reply: serde_json::Value = serde_json::from_str(body.trim())
+        .with_context(|| format!("{base}/migrate answered {code}: {body}"))?;
+    let applied: Vec<(i64, String)> = reply["applied"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap_or("?").to_string();
+            (m["version"].as_i64().unwrap_or(0), name)
+        })
+        .collect();
+    if code != 200 {
+        for (version, name) in &applied {
+            println!("applied {name} (schema version {version})");
+        }
+        bail!("{}", reply["error"].as_str().unwrap_or(body.as_str()));
+    }
+    report_migrations(&applied, reply["schema_version"].as_i64().unwrap_or(0));
+    Ok(())
+}
+
 fn http_get(base: &str, path: &str) -> Result<(u16, String)> {
+    http_request(base, "GET", path)
+}
+
+/// A minimal HTTP/1.1 request against the admin listener (plain HTTP, loopback).
+fn http_request(base: &str, method: &str, path: &str) -> Result<(u16, String)> {
     let hostport = base
         .strip_prefix("http://")
         .context("the admin URL must start with http://")?
         .trim_end_matches('/');
     let mut stream =
         TcpStream::connect(hostport).with_context(|| format!("cannot reach {base}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A migration may take a while (it may rewrite tables).
+    let timeout = if method == "GET" { 5 } else { 600 };
+    stream.set_read_timeout(Some(Duration::from_secs(timeout)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
@@ -396,6 +494,24 @@ fn status(base: &str) -> Result<()> {
         ),
         ("node id", text(&node["node_id"])),
         ("schema version", text(&node["schema_version"])),
+        (
+            "migrations",
+            match &node["schema"]["migrations"] {
+                serde_json::Value::Null => "not managed".into(),
+                dir => format!("{} (pending: {})", text(dir), node["schema"]["pending"]),
+            },
+        ),
+        (
+            "schema waits",
+            match &node["schema"]["waiting_for"] {
+                serde_json::Value::Null => "-".into(),
+                v => format!(
+                    "a peer is at version {}: {}",
+                    text(v),
+                    text(&node["schema"]["last_error"])
+                ),
+            },
+        ),
         ("log entries", text(&node["log_entries"])),
         (
             "sync listener",

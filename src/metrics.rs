@@ -40,6 +40,9 @@ pub struct Metrics {
     pub sync_peer_state: IntGaugeVec,
     pub sync_paused: IntGaugeVec,
     pub log_compacted_entries_total: IntCounter,
+    pub schema_version: IntGauge,
+    pub migrations_applied_total: IntCounter,
+    pub sync_ignored_values_total: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -243,6 +246,24 @@ impl Metrics {
                 "Change-log entries deleted because every peer had acknowledged them.",
             )
             .expect("valid metric"),
+            schema_version: IntGauge::new(
+                "outpost_schema_version",
+                "The schema version (last migration applied) of this node.",
+            )
+            .expect("valid metric"),
+            migrations_applied_total: IntCounter::new(
+                "outpost_migrations_applied_total",
+                "Migrations this process applied.",
+            )
+            .expect("valid metric"),
+            sync_ignored_values_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_sync_ignored_values_total",
+                    "Values in entries from an older schema for columns this node no longer has (dropped since), ignored.",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -280,6 +301,9 @@ impl Metrics {
             Box::new(self.sync_peer_state.clone()),
             Box::new(self.sync_paused.clone()),
             Box::new(self.log_compacted_entries_total.clone()),
+            Box::new(self.schema_version.clone()),
+            Box::new(self.migrations_applied_total.clone()),
+            Box::new(self.sync_ignored_values_total.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

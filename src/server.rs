@@ -126,6 +126,32 @@ fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError>
     Ok(tls)
 }
 
+/// Applies pending migrations before anything is served (`schema.migrate_on_start`).
+async fn migrate_on_start(config: &Config, db: &Database) -> Result<(), ServeError> {
+    let Some(dir) = config.schema.dir() else {
+        return Ok(());
+    };
+    if !config.schema.migrate_on_start {
+        return Ok(());
+    }
+    let run = db.migrate(dir).await;
+    if let Some(e) = run.error {
+        db.shutdown();
+        return Err(ServeError::Refused(format!(
+            "migrations in {}: {e}",
+            dir.display()
+        )));
+    }
+    let version = db.events().schema().version;
+    tracing::info!(
+        applied = run.applied.len(),
+        version,
+        dir = %dir.display(),
+        "schema is at version {version}"
+    );
+    Ok(())
+}
+
 /// Runs the node until SIGTERM/SIGINT. Calls `on_ready` once listening.
 pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), ServeError> {
     let auth = authenticator(&config)?;
@@ -135,8 +161,10 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
         path: data_dir.clone(),
         source,
     })?;
+    let _lock = crate::db::lock_data_dir(data_dir).map_err(ServeError::Refused)?;
     let metrics = Arc::new(Metrics::new());
     let db = Arc::new(Database::open(&config, Arc::clone(&metrics))?);
+    migrate_on_start(&config, &db).await?;
     let tls = tls_files(&config)
         .map(|(c, k)| load_tls(&c, &k))
         .transpose()?;

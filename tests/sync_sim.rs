@@ -23,7 +23,7 @@ use std::time::Instant;
 use outpost::crdt::{client_id_of, Hlc, RowDoc, RowView, Stamp, Value};
 use outpost::db::capture::{LogEntry, SnapshotDoc};
 use outpost::sync::core::{
-    ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, Millis, Output, PeerState,
+    ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, Millis, Output, PauseKind, PeerState,
 };
 use outpost::sync::proto::Msg;
 use outpost::sync::vv::VersionVector;
@@ -402,6 +402,11 @@ struct Node {
     inc: u64,
     /// The schema version the core announces.
     ident_schema: i64,
+    /// The schema hash the core announces (`h<version>` unless diverged).
+    ident_hash: String,
+    /// Whether the node migrates by itself when a peer is newer
+    /// (`schema.auto_migrate` with the files at hand).
+    auto_migrate: bool,
     store: Store,
 }
 
@@ -499,6 +504,12 @@ enum Ev {
         compacted: VersionVector,
     },
     /// A migration announced early has reached the database.
+    /// The driver's automatic migration for a newer peer.
+    AutoMigrate {
+        node: usize,
+        inc: u64,
+        version: i64,
+    },
     Migrated {
         node: usize,
     },
@@ -522,6 +533,7 @@ struct Stats {
     timeouts: u64,
     crashes: u64,
     upgrades: u64,
+    schema_behind: u64,
     cuts: u64,
     drops: u64,
     max_unacked: usize,
@@ -551,6 +563,7 @@ impl Stats {
         self.timeouts += o.timeouts;
         self.crashes += o.crashes;
         self.upgrades += o.upgrades;
+        self.schema_behind += o.schema_behind;
         self.cuts += o.cuts;
         self.drops += o.drops;
         self.max_unacked = self.max_unacked.max(o.max_unacked);
@@ -614,6 +627,8 @@ impl Sim {
                 core: None,
                 inc: 0,
                 ident_schema: 1,
+                ident_hash: "h1".into(),
+                auto_migrate: rng.gen_bool(0.5),
                 store: Store {
                     origin,
                     schema: 1,
@@ -761,7 +776,7 @@ impl Sim {
             node_id: node.name.clone(),
             origin: node.origin,
             schema_version: node.ident_schema,
-            schema_hash: format!("h{}", node.ident_schema),
+            schema_hash: node.ident_hash.clone(),
         }
     }
 
@@ -908,16 +923,44 @@ impl Sim {
         }
     }
 
+    /// Node `n` migrates its running database to `version`, and the
+    /// driver tells the core (`Input::SchemaChanged`), as in production.
+    fn migrate_live(&mut self, n: usize, version: i64) {
+        if self.nodes[n].store.schema >= version {
+            return;
+        }
+        self.stats.upgrades += 1;
+        self.nodes[n].store.schema = version;
+        self.log(|| format!("{} migrates live to schema {version}", self.nodes[n].name));
+        self.announce_schema(n);
+    }
+
+    /// The node's core learns its store's schema (and hash).
+    fn announce_schema(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.ident_schema = node.store.schema;
+        if !node.ident_hash.starts_with('x') {
+            node.ident_hash = format!("h{}", node.ident_schema);
+        }
+        let input = Input::SchemaChanged {
+            version: node.ident_schema,
+            hash: node.ident_hash.clone(),
+        };
+        self.handle(n, input);
+    }
+
     /// Node `n` migrates to the next schema version: its store at once, its
     /// core (what it announces) at a restart, now or later. With `early`,
     /// the restarted core announces the version before the database has
     /// it (the migration ends later): its peers send newer entries, which
-    /// the store defers.
+    /// the store defers. (Production announces after the commit, like
+    /// `migrate_live`; these orders stand for a peer that errs.)
     fn upgrade(&mut self, n: usize, restart: bool, early: bool) {
         self.stats.upgrades += 1;
         if early && self.nodes[n].core.is_some() {
             self.crash(n);
             self.nodes[n].ident_schema = self.nodes[n].store.schema + 1;
+            self.nodes[n].ident_hash = format!("h{}", self.nodes[n].ident_schema);
             self.start(n);
             let d = self.rng.gen_range(50..=1000);
             self.at(d, Ev::Migrated { node: n });
@@ -933,6 +976,7 @@ impl Sim {
         if restart && self.nodes[n].core.is_some() {
             self.crash(n);
             self.nodes[n].ident_schema = self.nodes[n].store.schema;
+            self.nodes[n].ident_hash = format!("h{}", self.nodes[n].ident_schema);
             self.start(n);
         }
     }
@@ -1123,6 +1167,25 @@ impl Sim {
                     },
                 );
             }
+            Output::SchemaBehind { version } => {
+                assert!(
+                    version > self.nodes[n].ident_schema,
+                    "{me}: SchemaBehind {version}"
+                );
+                self.stats.schema_behind += 1;
+                if self.nodes[n].auto_migrate {
+                    // The migration runs on the writer, a little later.
+                    let d = self.effect_delay();
+                    self.at(
+                        d,
+                        Ev::AutoMigrate {
+                            node: n,
+                            inc,
+                            version,
+                        },
+                    );
+                }
+            }
             Output::Connect { peer } => {
                 self.stats.connects += 1;
                 let d = self.rng.gen_range(1..=20);
@@ -1200,7 +1263,7 @@ impl Sim {
                 .entry((table.clone(), key.clone()))
                 .or_insert_with(|| RowDoc::new(store.origin));
             let Some((update, _live)) = doc
-                .record_local(stamp, row.as_deref(), compact_above)
+                .record_local(stamp, row.as_deref(), compact_above, &|_, _| false)
                 .expect("record_local")
             else {
                 continue;
@@ -1271,7 +1334,10 @@ impl Sim {
             }
             _ => {
                 let a = self.rng.gen_range(0..n);
-                if self.nodes[a].store.schema < 3 {
+                let next = self.nodes[a].store.schema + 1;
+                if next <= 3 && self.nodes[a].core.is_some() && self.rng.gen_bool(0.6) {
+                    self.migrate_live(a, next);
+                } else if next <= 3 {
                     let restart = self.rng.gen_bool(0.7);
                     let early = restart && self.rng.gen_bool(0.5);
                     self.upgrade(a, restart, early);
@@ -1570,6 +1636,11 @@ impl Sim {
                     self.handle(node, Input::Compacted(compacted));
                 }
             }
+            Ev::AutoMigrate { node, inc, version } => {
+                if self.nodes[node].inc == inc && self.nodes[node].core.is_some() {
+                    self.migrate_live(node, version);
+                }
+            }
             Ev::Migrated { node } => {
                 let node_ = &mut self.nodes[node];
                 node_.store.schema = node_.store.schema.max(node_.ident_schema);
@@ -1598,7 +1669,8 @@ impl Sim {
         self.now = end;
     }
 
-    /// Heals every cut, restarts every node (at the newest schema).
+    /// Heals every cut and brings every node to the newest schema: running
+    /// nodes migrate live, stopped ones start migrated.
     fn heal_all(&mut self) {
         self.log(|| "heal everything".to_string());
         self.cuts.clear();
@@ -1609,12 +1681,17 @@ impl Sim {
             .max()
             .unwrap();
         for n in 0..self.nodes.len() {
-            self.nodes[n].store.schema = newest;
-            if self.nodes[n].core.is_some() && self.nodes[n].ident_schema != newest {
-                self.crash(n);
-            }
-            self.nodes[n].ident_schema = newest;
-            if self.nodes[n].core.is_none() {
+            if self.nodes[n].core.is_some() {
+                self.nodes[n].store.schema =
+                    self.nodes[n].store.schema.max(self.nodes[n].ident_schema);
+                self.migrate_live(n, newest);
+                if self.nodes[n].ident_schema != newest {
+                    self.announce_schema(n);
+                }
+            } else {
+                self.nodes[n].store.schema = newest;
+                self.nodes[n].ident_schema = newest;
+                self.nodes[n].ident_hash = format!("h{newest}");
                 self.start(n);
             }
         }
@@ -2187,4 +2264,70 @@ fn nodes_away_past_retention_catch_up_from_snapshots_and_relay_them() {
         n2.compacted.get(n0) > 50 && n2.log.len() < 300,
         "n2 holds documents, not the old entries"
     );
+}
+
+#[test]
+fn a_node_that_migrates_live_resumes_without_a_restart() {
+    let mut sim = Sim::new(Params::calm(2, Topology::Chain, small_config()), 5, false);
+    sim.nodes[1].auto_migrate = false;
+    for i in 0..8u64 {
+        sim.commit(0, one_row("t", i, 1));
+    }
+    sim.migrate_live(0, 2);
+    for i in 0..8u64 {
+        sim.commit(0, one_row("u", i, 2));
+    }
+    sim.run_for(3000);
+    let n0 = sim.nodes[0].origin;
+    assert_eq!(
+        sim.nodes[1].store.vv.get(n0),
+        8,
+        "n1 holds the entries of schema 1 and none of schema 2"
+    );
+    assert_eq!(sim.stats.deferred, 0, "n0 withheld them, n1 never deferred");
+    let status = sim.nodes[1].core.as_ref().unwrap().status();
+    assert!(
+        status
+            .iter()
+            .any(|s| matches!(&s.paused, Some((PauseKind::Schema, _)))),
+        "n1 shows the link paused for the schema: {status:?}"
+    );
+    assert!(sim.stats.schema_behind > 0, "n1 was told to migrate");
+    let connects = sim.stats.connects;
+    sim.migrate_live(1, 2);
+    sim.settle(30_000).unwrap();
+    assert_eq!(sim.nodes[1].store.vv.get(n0), 16);
+    assert!(
+        sim.stats.connects > connects,
+        "the new version is announced on new links"
+    );
+}
+
+#[test]
+fn diverged_schemas_exchange_nothing_until_they_agree() {
+    let mut sim = Sim::new(Params::calm(2, Topology::Chain, small_config()), 6, false);
+    sim.nodes[1].ident_hash = "x1".into();
+    sim.announce_schema(1);
+    for i in 0..6u64 {
+        sim.commit(0, one_row("t", i, 1));
+        sim.commit(1, one_row("u", i, 1));
+    }
+    sim.run_for(3000);
+    let (n0, n1) = (sim.nodes[0].origin, sim.nodes[1].origin);
+    assert_eq!(sim.nodes[1].store.vv.get(n0), 0, "n1 applied nothing of n0");
+    assert_eq!(sim.nodes[0].store.vv.get(n1), 0, "n0 applied nothing of n1");
+    for n in 0..2 {
+        let status = sim.nodes[n].core.as_ref().unwrap().status();
+        assert!(
+            status
+                .iter()
+                .any(|s| matches!(&s.paused, Some((PauseKind::SchemaHash, _)))),
+            "n{n} shows the link paused for diverged schemas: {status:?}"
+        );
+    }
+    sim.nodes[1].ident_hash = "h1".into();
+    sim.announce_schema(1);
+    sim.settle(30_000).unwrap();
+    assert_eq!(sim.nodes[1].store.vv.get(n0), 6);
+    assert_eq!(sim.nodes[0].store.vv.get(n1), 6);
 }

@@ -1,5 +1,10 @@
 //! The admin listener: `/health` (the process is up), `/ready` (the
-//! database answers), `/version`, and `/metrics` in Prometheus text format.
+//! database answers), `/version`, `/metrics` in Prometheus text format,
+//! `/status` (the node at a glance) and `POST /migrate` (apply the pending
+//! migrations of the node's migrations directory now).
+//!
+//! The admin listener has no authentication: bind it to loopback or a
+//! private network (`admin.listen`).
 
 use actix_web::{web, HttpResponse};
 
@@ -12,7 +17,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ready))
         .route("/version", web::get().to(version))
         .route("/metrics", web::get().to(metrics))
-        .route("/status", web::get().to(status));
+        .route("/status", web::get().to(status))
+        .route("/migrate", web::post().to(migrate));
 }
 
 pub async fn health() -> HttpResponse {
@@ -53,7 +59,9 @@ async fn status(app: web::Data<AppState>) -> HttpResponse {
         None => serde_json::Value::Null,
     };
     let meta = app.db.meta();
+    let schema = schema_status(&app, sync.get("schema"));
     HttpResponse::Ok().json(serde_json::json!({
+        "schema": schema,
         "node_id": meta.as_ref().map(|m| m.node_id.clone()).ok(),
         "origin": meta.as_ref().map(|m| m.origin.to_string()).ok(),
         "schema_version": meta.as_ref().map(|m| m.schema_version).ok(),
@@ -63,6 +71,61 @@ async fn status(app: web::Data<AppState>) -> HttpResponse {
         "sync": sync,
         "peers": sync.get("peers").cloned().unwrap_or(serde_json::json!([])),
     }))
+}
+
+/// The schema: version, hash, the migrations directory and what of it is
+/// pending, and (from sync) whether a newer peer waits for a migration.
+fn schema_status(app: &AppState, sync: Option<&serde_json::Value>) -> serde_json::Value {
+    use crate::db::migrate;
+    let state = app.db.events().schema();
+    let dir = app.config.schema.dir();
+    let pending = dir.map(|dir| {
+        let applied = app.db.log().migrations().map_err(|e| e.to_string())?;
+        let files = migrate::load_dir(dir).map_err(|e| e.to_string())?;
+        migrate::pending(dir, files, &applied)
+            .map(|left| left.iter().map(|m| m.version).collect::<Vec<_>>())
+            .map_err(|e| e.to_string())
+    });
+    let sync = sync.cloned().unwrap_or_default();
+    let last_error = match &pending {
+        Some(Err(e)) => serde_json::json!(e),
+        _ => sync["last_error"].clone(),
+    };
+    serde_json::json!({
+        "version": state.version,
+        "hash": state.hash,
+        "migrations": dir.map(|d| d.display().to_string()),
+        "auto_migrate": app.config.schema.auto_migrate,
+        "pending": match pending {
+            Some(Ok(versions)) => serde_json::json!(versions),
+            _ => serde_json::json!([]),
+        },
+        "waiting_for": sync["waiting_for"],
+        "last_error": last_error,
+    })
+}
+
+/// Applies the pending migrations of the node's migrations directory.
+async fn migrate(app: web::Data<AppState>) -> HttpResponse {
+    let Some(dir) = app.config.schema.dir() else {
+        return HttpResponse::Conflict().json(serde_json::json!({
+            "error": "this node has no migrations directory (schema.migrations or --migrations)",
+        }));
+    };
+    let run = app.db.migrate(dir).await;
+    let state = app.db.events().schema();
+    let mut reply = serde_json::json!({
+        "applied": run.applied,
+        "schema_version": state.version,
+        "schema_hash": state.hash,
+    });
+    match run.error {
+        None => HttpResponse::Ok().json(reply),
+        Some(e) => {
+            reply["error"] = serde_json::json!(e.to_string());
+            HttpResponse::UnprocessableEntity().json(reply)
+        }
+    }
 }
 
 async fn metrics(app: web::Data<AppState>) -> HttpResponse {

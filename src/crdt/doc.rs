@@ -166,12 +166,13 @@ impl RowView {
         match row {
             None if self.is_live() => Some(Change {
                 live: Some(false),
-                cols: Vec::new(),
+                ..Change::default()
             }),
             None => None,
             Some(cols) if !self.is_live() => Some(Change {
                 live: Some(true),
                 cols: cols.to_vec(),
+                fill: Vec::new(),
             }),
             Some(cols) => {
                 let changed: Vec<(String, Value)> = cols
@@ -182,6 +183,7 @@ impl RowView {
                 (!changed.is_empty()).then_some(Change {
                     live: None,
                     cols: changed,
+                    fill: Vec::new(),
                 })
             }
         }
@@ -192,11 +194,19 @@ impl RowView {
 pub type Recorded = (Vec<u8>, Option<bool>);
 
 /// A local write to a row, found by comparing the table to the document.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Change {
     /// Some(true): (re)inserted; Some(false): deleted.
     pub live: Option<bool>,
     pub cols: Vec<(String, Value)>,
+    /// Values of columns no one has written yet in this document (a column
+    /// added by a migration, holding its default or a migration's
+    /// backfill). They are stamped with the lowest stamp (HLC 0), so every
+    /// node that fills them alike agrees, and any real write, made
+    /// anywhere at any time, wins over them. Without this, a node that
+    /// migrates late would stamp the default *after* another node's real
+    /// value and overwrite it: the silent loss outpost exists to prevent.
+    pub fill: Vec<(String, Value)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,11 +296,14 @@ impl RowDoc {
     /// yrs update that carries it with the change's `live` (Some(true):
     /// inserted, Some(false): deleted, None: updated) — None when the
     /// document already agrees.
+    /// `is_fill(column, value)`: whether a value in a column the document
+    /// lacks is a fill (see [`Change::fill`]) rather than a write.
     pub fn record_local(
         &self,
         stamp: Stamp,
         row: Option<&[(String, Value)]>,
         compact_above: usize,
+        is_fill: &dyn Fn(&str, &Value) -> bool,
     ) -> Result<Option<Recorded>, DocError> {
         let slots = self.slots()?;
         let mut view = RowView::default();
@@ -298,7 +311,14 @@ impl RowDoc {
             view.join(slot);
         }
         match view.diff(row) {
-            Some(change) => {
+            Some(mut change) => {
+                if change.live.is_none() {
+                    let (fill, cols) = change.cols.into_iter().partition(|(name, value)| {
+                        !view.cols.contains_key(name) && is_fill(name, value)
+                    });
+                    change.cols = cols;
+                    change.fill = fill;
+                }
                 let live = change.live;
                 let update = self.write_change(stamp, &change, compact_above, slots, view);
                 Ok(Some((update, live)))
@@ -345,6 +365,13 @@ impl RowDoc {
         }
         for (name, value) in &change.cols {
             own.cols.insert(name.clone(), (stamp, value.clone()));
+        }
+        let lowest = Stamp {
+            hlc: 0,
+            origin: stamp.origin,
+        };
+        for (name, value) in &change.fill {
+            own.cols.insert(name.clone(), (lowest, value.clone()));
         }
         view.join(&own);
         // Keep only what still wins: the join is unchanged, the slot stays

@@ -40,9 +40,6 @@ use crate::error::SqlError;
 use crate::metrics::Metrics;
 use crate::sync::vv::VersionVector;
 
-/// The schema version every entry carries until migrations exist (issue 10).
-pub const SCHEMA_VERSION_KEY: &str = "schema_version";
-
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("{0}")]
@@ -121,6 +118,8 @@ struct Merged {
     values: Vec<(String, Value)>,
     /// Origin and clock of the row's existence stamp (for the feed event).
     winner: (u64, u64),
+    /// Values the merged origin's slot holds for columns the table lacks.
+    ignored: usize,
 }
 
 /// What became of one remote entry.
@@ -169,6 +168,8 @@ struct TableInfo {
     columns: Vec<String>,
     pk: Vec<String>,
     select_row: String,
+    /// Each column's constant default (NULL when it declares none).
+    defaults: HashMap<String, Value>,
 }
 
 /// Creates outpost's capture tables (idempotent). Runs on the writer.
@@ -362,7 +363,12 @@ const TXN_ROLLED_BACK: u8 = 2;
 pub struct Capture {
     config: CrdtConfig,
     client: u64,
-    schema_version: i64,
+    /// The version local entries are written under (`db::migrate`).
+    schema_version: Cell<i64>,
+    /// A migration's transaction is open (see [`Capture::begin_migration`]).
+    migrating: Cell<bool>,
+    /// The open transaction may have changed the schema: announce it at commit.
+    schema_touched: Cell<bool>,
     sql: InternalSql,
     tables: RefCell<HashMap<String, TableInfo>>,
     schema_cookie: Cell<Option<i64>>,
@@ -413,11 +419,7 @@ impl Capture {
         create_tables(conn)?;
         events.reset(log_vector(conn)?);
         let client = client_id(conn)?;
-        let schema_version: i64 = conn.query_row(
-            "SELECT value FROM _outpost_meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )?;
+        let schema_version = super::migrate::schema_version(conn)?;
         let (last_hlc, log_bytes): (i64, i64) = conn.query_row(
             "SELECT coalesce(max(hlc), 0), coalesce(sum(length(\"update\")), 0) FROM _outpost_log",
             [],
@@ -437,7 +439,9 @@ impl Capture {
         let capture = Capture {
             config: config.clone(),
             client,
-            schema_version,
+            schema_version: Cell::new(schema_version),
+            migrating: Cell::new(false),
+            schema_touched: Cell::new(true),
             sql: InternalSql::new(),
             tables: RefCell::new(HashMap::new()),
             schema_cookie: Cell::new(None),
@@ -459,7 +463,32 @@ impl Capture {
                 "encoded rows changed while outpost was not capturing"
             );
         }
+        capture.publish_schema(conn)?;
         Ok(capture)
+    }
+
+    /// Reads the schema version and hash the database is at, writes local
+    /// entries under that version from now on, and announces them.
+    fn publish_schema(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let version = super::migrate::schema_version(conn)?;
+        self.schema_version.set(version);
+        self.metrics.schema_version.set(version);
+        self.events.set_schema(super::events::SchemaState {
+            version,
+            hash: super::migrate::schema_hash(conn)?,
+        });
+        Ok(())
+    }
+
+    /// The open transaction is migration `version`: its flush writes entries
+    /// under that version, and records values in columns a row's document
+    /// lacks (a new column's default, a backfill) with the lowest stamp,
+    /// so that every node running the same migration agrees and a real
+    /// write wins over them. Ends at the next commit or rollback.
+    pub fn begin_migration(&self, version: i64) {
+        self.schema_version.set(version);
+        self.migrating.set(true);
+        self.schema_touched.set(true);
     }
 
     pub fn client_id(&self) -> u64 {
@@ -503,7 +532,8 @@ impl Capture {
             .is_some())
     }
 
-    /// Call after anything that may have ended the writer's transaction.
+    /// Call after anything that may have ended the writer's transaction,
+    /// with internal access (it reads `_outpost_*` tables).
     pub fn settle(&self, conn: &Connection) {
         if !conn.is_autocommit() {
             return;
@@ -522,6 +552,13 @@ impl Capture {
             .borrow_mut()
             .settle(committed, &self.metrics, self.staged_source.get());
         self.staged_source.set("local");
+        self.migrating.set(false);
+        if self.schema_touched.replace(false) {
+            // After a rollback this restores the version a migration set.
+            if let Err(e) = self.publish_schema(conn) {
+                tracing::error!(error = %e, "reading the schema version failed");
+            }
+        }
         self.announce(conn, committed);
     }
 
@@ -595,7 +632,22 @@ impl Capture {
                 None => continue, // no longer replicated
             };
             let doc = self.load_doc(conn, &table, &key)?;
-            let recorded = doc.record_local(stamp, row.as_deref(), self.config.compact_doc_bytes);
+            let migrating = self.migrating.get();
+            let defaults = tables.get(&table).map(|info| &info.defaults);
+            // A column the document lacks that holds its default, or any
+            // value a migration put there: the lowest stamp (see `Change::fill`).
+            let is_fill = |column: &str, value: &Value| {
+                migrating
+                    || defaults
+                        .and_then(|d| d.get(column))
+                        .is_some_and(|default| same_value(default, value))
+            };
+            let recorded = doc.record_local(
+                stamp,
+                row.as_deref(),
+                self.config.compact_doc_bytes,
+                &is_fill,
+            );
             let (update, live) = match recorded {
                 Ok(Some(recorded)) => recorded,
                 Ok(None) => continue,
@@ -607,7 +659,7 @@ impl Capture {
                 hlc,
                 table,
                 key,
-                schema_version: self.schema_version,
+                schema_version: self.schema_version.get(),
                 update,
             };
             if entry.size() > self.config.max_update_bytes {
@@ -676,10 +728,11 @@ impl Capture {
         if self.has_entry(conn, entry.origin, entry.seq)? {
             return Ok(Applied::Duplicate);
         }
-        if entry.schema_version > self.schema_version {
+        if entry.schema_version > self.schema_version.get() {
             return Ok(Applied::Deferred(format!(
                 "written under schema version {}, this node has {}",
-                entry.schema_version, self.schema_version
+                entry.schema_version,
+                self.schema_version.get()
             )));
         }
         if let Some(rejection) = self.reject_reason(entry) {
@@ -798,10 +851,23 @@ impl Capture {
         conn: &Connection,
         entry: &LogEntry,
     ) -> Result<Result<(), Rejection>, CaptureError> {
-        let merged = match self.merge_row(conn, &entry.table, &entry.key, &entry.update)? {
+        let merged = match self.merge_row(
+            conn,
+            &entry.table,
+            &entry.key,
+            &entry.update,
+            Some(entry.origin),
+        )? {
             Ok(merged) => merged,
             Err(rejection) => return Ok(Err(rejection)),
         };
+        if merged.ignored > 0 && entry.schema_version < self.schema_version.get() {
+            // Written under an older schema, for columns dropped since.
+            self.metrics
+                .sync_ignored_values_total
+                .with_label_values(&[&entry.table])
+                .inc_by(merged.ignored as u64);
+        }
         self.hlc.borrow_mut().observe(entry.hlc);
         self.store(conn, entry, merged.doc)?;
         self.stage_event(entry, merged.op, || Some(merged.values));
@@ -811,12 +877,15 @@ impl Capture {
     /// Merges `update` (an entry's update, or a whole document from a
     /// snapshot) into the row's document and writes the row back. The row
     /// then equals its document: nothing is left to capture for it.
+    /// `origin`: the writer of an entry's update, whose values for columns
+    /// the table lacks are counted in `Merged::ignored`.
     fn merge_row(
         &self,
         conn: &Connection,
         table: &str,
         key: &str,
         update: &[u8],
+        origin: Option<u64>,
     ) -> Result<Result<Merged, Rejection>, CaptureError> {
         let tables = self.tables.borrow();
         let info = &tables[table];
@@ -852,7 +921,23 @@ impl Capture {
         } else {
             Vec::new()
         };
+        let ignored = match origin {
+            Some(origin) => doc
+                .slots()
+                .map_err(|source| CaptureError::Doc {
+                    table: table.to_string(),
+                    key: key.to_string(),
+                    source,
+                })?
+                .iter()
+                .filter(|(o, _)| *o == origin)
+                .flat_map(|(_, slot)| slot.cols.keys())
+                .filter(|column| !info.columns.contains(column))
+                .count(),
+            None => 0,
+        };
         Ok(Ok(Merged {
+            ignored,
             doc: doc.encode(),
             op,
             values,
@@ -891,10 +976,11 @@ impl Capture {
                 Some(rejection) => Some(rejection),
                 None => self
                     .in_savepoint(conn, || {
-                        let merged = match self.merge_row(conn, &doc.table, &doc.key, &doc.doc)? {
-                            Ok(merged) => merged,
-                            Err(rejection) => return Ok(Err(rejection)),
-                        };
+                        let merged =
+                            match self.merge_row(conn, &doc.table, &doc.key, &doc.doc, None)? {
+                                Ok(merged) => merged,
+                                Err(rejection) => return Ok(Err(rejection)),
+                            };
                         self.store_doc(conn, &doc.table, &doc.key, merged.doc)?;
                         let (origin, hlc) = merged.winner;
                         let event = LogEntry {
@@ -1191,6 +1277,7 @@ impl Capture {
             return Ok(());
         }
         self.reconcile(conn)?;
+        self.schema_touched.set(true);
         self.schema_cookie.set(Some(schema_cookie(conn)?));
         Ok(())
     }
@@ -1233,12 +1320,14 @@ impl Capture {
                 quote_ident(&name),
                 where_pk(&pk)
             ));
+            let defaults = column_defaults(conn, &name)?;
             tables.insert(
                 name,
                 TableInfo {
                     columns,
                     pk,
                     select_row,
+                    defaults,
                 },
             );
         }
@@ -1470,6 +1559,43 @@ pub(crate) fn table_columns(
     }
     pk.sort();
     Ok((columns, pk.into_iter().map(|(_, n)| n).collect()))
+}
+
+/// Whether a stored value equals a default (an INTEGER default in a REAL
+/// column is stored as REAL).
+fn same_value(default: &Value, stored: &Value) -> bool {
+    match (default, stored) {
+        (Value::Integer(i), Value::Real(r)) | (Value::Real(r), Value::Integer(i)) => {
+            *i as f64 == *r
+        }
+        _ => default == stored,
+    }
+}
+
+/// Each column's default value, evaluated (NULL when none is declared).
+/// `ALTER TABLE ADD COLUMN` only takes constant defaults; a non-constant
+/// one (in CREATE TABLE) is evaluated now, which only makes it match less.
+fn column_defaults(conn: &Connection, table: &str) -> rusqlite::Result<HashMap<String, Value>> {
+    let declared: Vec<(String, Option<String>)> = conn
+        .prepare("SELECT name, dflt_value FROM pragma_table_info(?1)")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut defaults = HashMap::new();
+    for (column, expr) in declared {
+        let value = match expr {
+            None => Value::Null,
+            Some(expr) => {
+                match conn.query_row(&format!("SELECT {expr}"), [], |r| {
+                    Ok(Value::from_sql(r.get_ref(0)?))
+                }) {
+                    Ok(value) => value,
+                    Err(_) => continue, // not evaluable alone: never a fill
+                }
+            }
+        };
+        defaults.insert(column, value);
+    }
+    Ok(defaults)
 }
 
 #[cfg(test)]

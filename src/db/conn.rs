@@ -54,6 +54,8 @@ pub enum Role {
 #[derive(Default)]
 pub struct Guard {
     internal: std::sync::atomic::AtomicBool,
+    /// A migration file runs: transaction control is refused.
+    migrating: std::sync::atomic::AtomicBool,
     denial: Mutex<Option<String>>,
     /// When the running request must stop (checked by the progress handler).
     deadline: Mutex<Option<std::time::Instant>>,
@@ -62,11 +64,22 @@ pub struct Guard {
 
 impl Guard {
     /// Runs `f` with the internal tables accessible (outpost's own SQL).
+    /// Nests: an inner call leaves the outer one's access on.
     pub fn internal<T>(&self, f: impl FnOnce() -> T) -> T {
         use std::sync::atomic::Ordering::Relaxed;
-        self.internal.store(true, Relaxed);
+        let outer = self.internal.swap(true, Relaxed);
         let out = f();
-        self.internal.store(false, Relaxed);
+        self.internal.store(outer, Relaxed);
+        out
+    }
+
+    /// Runs `f` (a migration file's SQL) with transaction control refused:
+    /// a migration is one transaction, opened and ended by outpost.
+    pub fn migration<T>(&self, f: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.migrating.store(true, Relaxed);
+        let out = f();
+        self.migrating.store(false, Relaxed);
         out
     }
 
@@ -100,7 +113,14 @@ impl Guard {
         if self.internal.load(std::sync::atomic::Ordering::Relaxed) {
             return Authorization::Allow;
         }
-        match deny_reason(ctx) {
+        let migrating = self.migrating.load(std::sync::atomic::Ordering::Relaxed);
+        let reason = match ctx.action {
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } if migrating => Some(
+                "a migration runs in one transaction of its own: BEGIN, COMMIT, ROLLBACK and SAVEPOINT are not allowed in it".into(),
+            ),
+            _ => deny_reason(ctx),
+        };
+        match reason {
             None => Authorization::Allow,
             Some(reason) => {
                 *self.denial.lock() = Some(reason);
@@ -225,6 +245,7 @@ pub fn init_meta(conn: &Connection, guard: &Guard) -> Result<(), libsql_sys::rus
             "CREATE TABLE IF NOT EXISTS _outpost_meta (key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
              INSERT OR IGNORE INTO _outpost_meta VALUES ('format_version', 1);",
         )?;
+        super::migrate::create_tables(conn)?;
         conn.execute(
             "INSERT OR IGNORE INTO _outpost_meta VALUES ('node_id', ?1)",
             [node_id],

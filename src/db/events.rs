@@ -44,11 +44,21 @@ pub struct ChangeEvent {
     pub values: Option<Vec<(String, Value)>>,
 }
 
+/// The schema a node is at: what its sync handshake announces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaState {
+    /// The last migration applied (0: none).
+    pub version: i64,
+    /// A hash of the user tables' definitions (`migrate::schema_hash`).
+    pub hash: String,
+}
+
 /// The writer's announcements. Cheap to clone handles from.
 pub struct Events {
     changes: broadcast::Sender<Arc<[ChangeEvent]>>,
     log: watch::Sender<VersionVector>,
     closing: watch::Sender<bool>,
+    schema: watch::Sender<SchemaState>,
 }
 
 impl Events {
@@ -58,10 +68,12 @@ impl Events {
         let (changes, _) = broadcast::channel(feed_capacity.max(1));
         let (log, _) = watch::channel(initial);
         let (closing, _) = watch::channel(false);
+        let (schema, _) = watch::channel(SchemaState::default());
         Events {
             changes,
             log,
             closing,
+            schema,
         }
     }
 
@@ -118,5 +130,24 @@ impl Events {
 
     pub fn log_vector(&self) -> VersionVector {
         self.log.borrow().clone()
+    }
+
+    /// Called by the writer after a commit that may have changed the
+    /// schema (a migration, DDL); wakes watchers only if it did.
+    pub fn set_schema(&self, state: SchemaState) {
+        self.schema.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    pub fn schema(&self) -> SchemaState {
+        self.schema.borrow().clone()
+    }
+
+    /// Changes of the schema (version or hash).
+    pub fn schema_watch(&self) -> watch::Receiver<SchemaState> {
+        self.schema.subscribe()
     }
 }

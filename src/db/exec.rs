@@ -278,7 +278,7 @@ impl Session<'_> {
             }
             _ => run(),
         };
-        capture.settle(self.conn);
+        self.guard.internal(|| capture.settle(self.conn));
         output
     }
 
@@ -299,7 +299,7 @@ impl Session<'_> {
                 .internal(|| capture.flush_and_commit(self.conn))
                 .map_err(SqlError::from)?;
         }
-        capture.settle(self.conn);
+        self.guard.internal(|| capture.settle(self.conn));
         output
     }
 

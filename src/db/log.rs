@@ -46,23 +46,17 @@ impl LogReader {
             )
         };
         let node_id = get("node_id")?;
-        let schema_version = get("schema_version")?.parse().unwrap_or(0);
-        let schema: Vec<String> = conn
-            .prepare(
-                "SELECT name || ':' || coalesce(sql, '') FROM sqlite_master
-                 WHERE type = 'table' AND name NOT LIKE '\\_outpost\\_%' ESCAPE '\\'
-                   AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        use sha2::Digest;
-        let hash = sha2::Sha256::digest(schema.join("\n").as_bytes());
         Ok(NodeMeta {
             origin: crate::crdt::client_id_of(&node_id),
             node_id,
-            schema_version,
-            schema_hash: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+            schema_version: super::migrate::schema_version(&conn)?,
+            schema_hash: super::migrate::schema_hash(&conn)?,
         })
+    }
+
+    /// The migrations the database applied, in order.
+    pub fn migrations(&self) -> rusqlite::Result<Vec<super::migrate::Recorded>> {
+        super::migrate::recorded(&self.conn.lock())
     }
 
     /// Entries with `after[o] < seq <= upto[o]`, origin by origin in seq

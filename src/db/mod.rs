@@ -27,6 +27,7 @@ mod dispatch;
 pub mod events;
 pub mod exec;
 pub mod log;
+pub mod migrate;
 mod readers;
 mod writer;
 
@@ -56,6 +57,30 @@ pub enum DbError {
         path: PathBuf,
         source: capture::CaptureError,
     },
+}
+
+/// The lock file `outpost serve` holds in its data dir.
+pub const LOCK_FILE: &str = "outpost.lock";
+
+/// Takes the data dir's lock (an OS file lock, released when the returned
+/// file is dropped or the process dies, even by SIGKILL). One `serve` per
+/// data dir; offline commands that write (`migrate`) take it too.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another outpost process (a running `outpost serve`?) holds {}",
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
 }
 
 /// Whether the job left a transaction open, and if so, how to reach it.
@@ -307,6 +332,25 @@ impl Database {
         self.writer
             .submit_internal(writer::InternalJob::Sweep { reply })?;
         rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
+    }
+
+    /// Applies the migrations of `dir` this database lacks, in order, one
+    /// transaction each (see `db::migrate`), up to the first failure.
+    pub async fn migrate(&self, dir: &std::path::Path) -> migrate::MigrateRun {
+        let unavailable = |why: String| migrate::MigrateRun {
+            applied: Vec::new(),
+            error: Some(migrate::MigrateError::Unavailable(why)),
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = writer::InternalJob::Migrate {
+            dir: dir.to_owned(),
+            reply,
+        };
+        if let Err(e) = self.writer.submit_internal(job) {
+            return unavailable(e.to_string());
+        }
+        rx.await
+            .unwrap_or_else(|_| unavailable("the writer stopped".into()))
     }
 
     /// How many transactions the writer has committed since start.

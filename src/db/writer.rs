@@ -24,8 +24,9 @@ use super::capture::{Applied, Capture, CaptureError, LogEntry, SnapshotDoc};
 use super::compact::{CompactOutcome, CompactPlan};
 use super::conn::{self, Guard, Role};
 use super::dispatch::Dispatch;
-use super::events::Events;
+use super::events::{Events, SchemaState};
 use super::exec::{ExecCtx, ExecError, Session, WorkItem, WorkOutput};
+use super::migrate::{self, MigrateError, MigrateRun, Migration, Recorded};
 use super::{DbError, Job, JobReply, Lease, LeaseKind, SubmitError, TxnState};
 use crate::config::Config;
 use crate::error::SqlError;
@@ -56,6 +57,11 @@ pub enum InternalJob {
     /// Encode rows that other programs changed (the periodic sweep).
     Sweep {
         reply: oneshot::Sender<Result<usize, SqlError>>,
+    },
+    /// Apply the pending migrations of a directory, one transaction each.
+    Migrate {
+        dir: std::path::PathBuf,
+        reply: oneshot::Sender<MigrateRun>,
     },
 }
 
@@ -95,13 +101,29 @@ impl WriterHandle {
             source,
         })?;
         let capture = if config.crdt.enabled() {
-            let started = guard
-                .internal(|| Capture::start(&conn, &config.crdt, Arc::clone(&metrics), events));
+            let started = guard.internal(|| {
+                Capture::start(
+                    &conn,
+                    &config.crdt,
+                    Arc::clone(&metrics),
+                    Arc::clone(&events),
+                )
+            });
             Some(started.map_err(|source| DbError::Capture {
                 path: path.to_owned(),
                 source,
             })?)
         } else {
+            let state = guard.internal(|| -> libsql_sys::rusqlite::Result<SchemaState> {
+                Ok(SchemaState {
+                    version: migrate::schema_version(&conn)?,
+                    hash: migrate::schema_hash(&conn)?,
+                })
+            });
+            events.set_schema(state.map_err(|source| DbError::Open {
+                path: path.to_owned(),
+                source,
+            })?);
             None
         };
         let queue = Arc::new(Dispatch::new(
@@ -118,6 +140,7 @@ impl WriterHandle {
             metrics: Arc::clone(&metrics),
             commits,
             capture,
+            events,
         };
         let thread = std::thread::Builder::new()
             .name("outpost-writer".into())
@@ -181,6 +204,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     commits: Arc<AtomicU64>,
     capture: Option<Capture>,
+    events: Arc<Events>,
 }
 
 impl Writer {
@@ -227,7 +251,7 @@ impl Writer {
     /// Tells capture that the transaction may have ended.
     fn settle_capture(&self) {
         if let Some(capture) = &self.capture {
-            capture.settle(&self.conn);
+            self.guard.internal(|| capture.settle(&self.conn));
         }
     }
 
@@ -270,7 +294,91 @@ impl Writer {
                 }
                 let _ = reply.send(swept);
             }
+            InternalJob::Migrate { dir, reply } => {
+                let _ = reply.send(self.migrate(&dir));
+            }
         }
+    }
+
+    /// Applies the migrations of `dir` this database has not applied yet,
+    /// in order, each in its own transaction; stops at the first failure.
+    fn migrate(&self, dir: &Path) -> MigrateRun {
+        let mut run = MigrateRun::default();
+        let pending = migrate::load_dir(dir).and_then(|files| {
+            let recorded = self.guard.internal(|| migrate::recorded(&self.conn))?;
+            migrate::pending(dir, files, &recorded)
+        });
+        let pending = match pending {
+            Ok(pending) => pending,
+            Err(e) => {
+                run.error = Some(e);
+                return run;
+            }
+        };
+        for migration in pending {
+            match self.apply_migration(&migration) {
+                Ok(recorded) => {
+                    self.metrics.migrations_applied_total.inc();
+                    tracing::info!(version = migration.version, name = %migration.name, "applied migration");
+                    run.applied.push(recorded);
+                }
+                Err(e) => {
+                    tracing::error!(name = %migration.name, "migration failed: {e}");
+                    run.error = Some(e);
+                    break;
+                }
+            }
+        }
+        run
+    }
+
+    /// One migration: its SQL (transaction control refused), capture of
+    /// what it changed under the new version, the bookkeeping, COMMIT.
+    fn apply_migration(&self, migration: &Migration) -> Result<Recorded, MigrateError> {
+        let failed = |error: String| MigrateError::Failed {
+            path: migration.path.clone(),
+            error,
+        };
+        self.exec_cached("BEGIN IMMEDIATE")?;
+        let outcome = (|| -> Result<String, MigrateError> {
+            self.guard.take_denial();
+            self.guard
+                .migration(|| self.conn.execute_batch(&migration.sql))
+                .map_err(|e| {
+                    let denied = e.to_string().contains("not authorized");
+                    let denial = self.guard.take_denial().filter(|_| denied);
+                    failed(denial.unwrap_or(e.to_string()))
+                })?;
+            if let Some(capture) = &self.capture {
+                capture.begin_migration(migration.version);
+            }
+            self.flush_capture().map_err(|e| failed(e.to_string()))?;
+            let now_ms = crate::crdt::Hlc::now_ms();
+            let hash = self
+                .guard
+                .internal(|| migrate::record(&self.conn, migration, now_ms))?;
+            self.exec_cached("COMMIT")?;
+            Ok(hash)
+        })();
+        if outcome.is_err() {
+            self.rollback();
+        } else {
+            self.committed();
+        }
+        self.settle_capture();
+        let schema_hash = outcome?;
+        if self.capture.is_none() {
+            self.events.set_schema(SchemaState {
+                version: migration.version,
+                hash: schema_hash.clone(),
+            });
+        }
+        Ok(Recorded {
+            version: migration.version,
+            name: migration.name.clone(),
+            sha256: migration.sha256.clone(),
+            schema_hash,
+        })
     }
 
     /// Applies remote entries in one transaction, foreign keys off (rows

@@ -28,6 +28,20 @@
 //!   the vectors, so nothing is skipped, and duplicates are no-ops.
 //! - Everything unsent stays in the log on disk: the core buffers at most
 //!   `window_batches` batches per link in each direction.
+//!
+//! ## Schema versions
+//! Every entry carries the schema version it was written under, and a node
+//! never applies one from a newer version: a pusher reads for a peer only
+//! entries up to the peer's version (stopping, per origin, at the first
+//! newer one, so nothing is skipped). A node that learns of a newer peer
+//! emits [`Output::SchemaBehind`] (the driver migrates if it can) and shows
+//! the link as paused. When its own schema changes
+//! ([`Input::SchemaChanged`]) it reconnects every link, so peers learn the
+//! new version from the new `Hello` and send what they held back. Peers at
+//! the same version with different schema hashes have diverged: neither
+//! sends nor applies anything on that link. A peer at an older version
+//! never gets a snapshot (its documents would hold columns it lacks); it
+//! waits until it migrates.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -117,6 +131,12 @@ pub enum Input {
     /// The local log may now lack entries at or below this (compacted, or
     /// covered by a snapshot): a peer below it gets a snapshot.
     Compacted(VersionVector),
+    /// This node's schema is now at `version` with `hash` (a migration ran,
+    /// or DDL changed the tables).
+    SchemaChanged {
+        version: i64,
+        hash: String,
+    },
     Tick,
 }
 
@@ -183,6 +203,33 @@ pub enum Output {
         link: LinkId,
         reason: String,
     },
+    /// A peer is at a newer schema `version`: migrate if possible (repeated
+    /// every tick while it lasts; the driver decides how often to try).
+    SchemaBehind {
+        version: i64,
+    },
+}
+
+/// Why a link carries nothing in some direction, for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseKind {
+    /// The peer is at a newer schema version (or, sending side, needs a
+    /// snapshot but is at an older one).
+    Schema,
+    /// Same schema version, different schema hash.
+    SchemaHash,
+    /// An apply was deferred (entries from a newer schema arrived).
+    Deferred,
+}
+
+impl PauseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseKind::Schema => "schema",
+            PauseKind::SchemaHash => "schema_hash",
+            PauseKind::Deferred => "deferred",
+        }
+    }
 }
 
 /// What a peer link is doing, for status and metrics.
@@ -239,6 +286,8 @@ struct Link {
     applying: bool,
     /// Set when this side stopped taking entries (schema).
     paused: Option<String>,
+    /// Same schema version, different hash: nothing moves either way.
+    diverged: bool,
     stats: LinkStats,
 }
 
@@ -288,7 +337,7 @@ pub struct LinkStatus {
     pub node_id: Option<String>,
     pub origin: Option<u64>,
     pub state: PeerState,
-    pub paused: Option<String>,
+    pub paused: Option<(PauseKind, String)>,
     pub remote_schema_version: Option<i64>,
     pub last_error: Option<String>,
     /// What the peer said it holds.
@@ -360,6 +409,7 @@ impl Core {
                 self.on_log_advanced(VersionVector::new());
             }
             Input::Applied { link, outcome } => self.on_applied(link, outcome),
+            Input::SchemaChanged { version, hash } => self.on_schema_changed(version, hash),
             Input::Tick => self.on_tick(),
         }
         std::mem::take(&mut self.out)
@@ -389,6 +439,7 @@ impl Core {
                 inbox: VecDeque::new(),
                 applying: false,
                 paused: None,
+                diverged: false,
                 stats: LinkStats::default(),
             },
         );
@@ -485,14 +536,54 @@ impl Core {
         if self.duplicate_of(link, &hello) == Some(true) {
             return; // closed
         }
+        let diverged = hello.schema_version == self.me.schema_version
+            && hello.schema_version > 0
+            && hello.schema_hash != self.me.schema_hash;
+        let newer = hello.schema_version > self.me.schema_version;
+        let remote_version = hello.schema_version;
         let l = self.links.get_mut(&link).expect("caller checked");
         l.sent = hello.have.clone();
+        if diverged {
+            l.diverged = true;
+            l.paused = Some(format!(
+                "schema diverged: both nodes are at schema version {}, but the peer's schema hash is {} and this node's {}; nothing is sent or applied until they agree (same migration files on both)",
+                hello.schema_version, hello.schema_hash, self.me.schema_hash
+            ));
+        }
         l.remote = Some(hello);
         if let Some(p) = l.peer {
             self.peers[p].backoff = self.config.retry_min;
             self.peers[p].last_error = None;
         }
+        if newer {
+            self.out.push(Output::SchemaBehind {
+                version: remote_version,
+            });
+        }
         self.pump(link);
+    }
+
+    /// This node migrated (or its tables changed): reconnect every link so
+    /// that peers learn the new version and hash from the new Hello.
+    fn on_schema_changed(&mut self, version: i64, hash: String) {
+        let announced =
+            version != self.me.schema_version || (version > 0 && hash != self.me.schema_hash);
+        self.me.schema_version = version;
+        self.me.schema_hash = hash;
+        if !announced {
+            return; // unmanaged schema (version 0): hashes are not compared
+        }
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.close(
+                link,
+                &format!("schema changed to version {version}: reconnecting to announce it"),
+            );
+        }
+        for peer in &mut self.peers {
+            peer.backoff = self.config.retry_min;
+            peer.next_attempt = self.now;
+        }
     }
 
     /// If another established link leads to the same node, decides which
@@ -556,6 +647,16 @@ impl Core {
     fn on_snapshot(&mut self, link: LinkId, docs: Vec<SnapshotDoc>, done: Option<VersionVector>) {
         if !self.inbox_has_room(link) {
             return;
+        }
+        if self.links[&link]
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.schema_version > self.me.schema_version)
+        {
+            return self.close(
+                link,
+                "protocol error: a snapshot from a newer schema version",
+            );
         }
         if docs.len() > self.config.batch_entries {
             return self.close(
@@ -716,7 +817,7 @@ impl Core {
         let Some(remote) = &l.remote else {
             return;
         };
-        if l.reading || l.unacked >= self.config.window_batches {
+        if l.reading || l.unacked >= self.config.window_batches || l.diverged {
             return;
         }
         if self.local.ahead_of(&l.sent).next().is_none() {
@@ -724,6 +825,11 @@ impl Core {
         }
         let behind =
             l.snapshot.is_none() && behind_compaction(&self.compacted, &self.local, &l.sent);
+        if behind && remote.schema_version < self.me.schema_version {
+            // The documents may hold columns the peer lacks: it gets a
+            // snapshot once it migrated (and reconnected).
+            return;
+        }
         // A read that came back empty is not asked again until the log
         // moves, unless the peer is behind the compaction floor: the read
         // may have been empty because the entries were compacted meanwhile.
@@ -845,6 +951,15 @@ impl Core {
             let have = self.local.clone();
             self.send(link, Msg::Ack { have, batches: 0 });
         }
+        let newest = self
+            .links
+            .values()
+            .filter_map(|l| l.remote.as_ref().map(|r| r.schema_version))
+            .max()
+            .unwrap_or(0);
+        if newest > self.me.schema_version {
+            self.out.push(Output::SchemaBehind { version: newest });
+        }
         for p in 0..self.peers.len() {
             let peer = &mut self.peers[p];
             if peer.link.is_none() && !peer.connecting && now >= peer.next_attempt {
@@ -904,16 +1019,31 @@ impl Core {
         all
     }
 
-    /// Why this node takes no entries from `l`'s peer, if it does not.
-    fn pause_reason(&self, l: &Link) -> Option<String> {
+    /// Why `l` carries nothing in some direction, if it does not.
+    fn pause_reason(&self, l: &Link) -> Option<(PauseKind, String)> {
         if let Some(reason) = &l.paused {
-            return Some(reason.clone());
+            let kind = if l.diverged {
+                PauseKind::SchemaHash
+            } else {
+                PauseKind::Deferred
+            };
+            return Some((kind, reason.clone()));
         }
         let remote = l.remote.as_ref()?;
-        (remote.schema_version > self.me.schema_version).then(|| {
-            format!(
-                "schema: the peer is at schema version {}, this node at {}; its newer entries wait until this node migrates",
-                remote.schema_version, self.me.schema_version
+        let (theirs, mine) = (remote.schema_version, self.me.schema_version);
+        if theirs > mine {
+            return Some((
+                PauseKind::Schema,
+                format!("schema: the peer is at schema version {theirs}, this node at {mine}; its newer entries wait in its log until this node migrates"),
+            ));
+        }
+        let needs_snapshot = l.snapshot.is_none()
+            && behind_compaction(&self.compacted, &self.local, &l.sent)
+            && self.local.ahead_of(&l.sent).next().is_some();
+        (theirs < mine && needs_snapshot).then(|| {
+            (
+                PauseKind::Schema,
+                format!("schema: the peer is behind this node's log compaction and at schema version {theirs}, this node at {mine}; it gets a snapshot once it migrates"),
             )
         })
     }

@@ -29,7 +29,9 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::core::{ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, LinkStatus, Output};
+use super::core::{
+    ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, LinkStatus, Output, PauseKind,
+};
 use super::proto::Msg;
 use super::tls;
 use crate::config::Config;
@@ -118,6 +120,17 @@ struct Shared {
     peer_stats: Mutex<HashMap<String, PeerStats>>,
     /// Per configured peer: why its last link ended or failed.
     peer_errors: Mutex<HashMap<usize, String>>,
+    /// Automatic migrations when a peer is at a newer schema version.
+    migrations: Mutex<AutoMigrate>,
+}
+
+/// Where the automatic migration for a newer peer stands.
+#[derive(Default)]
+struct AutoMigrate {
+    running: bool,
+    next_attempt: Option<Instant>,
+    /// Why the last attempt did not reach the peer's version.
+    last_error: Option<String>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -149,6 +162,7 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
         addr: Mutex::new(None),
         peer_stats: Mutex::new(HashMap::new()),
         peer_errors: Mutex::new(HashMap::new()),
+        migrations: Mutex::new(AutoMigrate::default()),
     });
     let server_shared = Arc::clone(&shared);
     let server = HttpServer::new(move || {
@@ -175,6 +189,7 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
     let handle = server.handle();
     actix_web::rt::spawn(server);
     actix_web::rt::spawn(watch_log(Arc::clone(&shared)));
+    actix_web::rt::spawn(watch_schema(Arc::clone(&shared)));
     actix_web::rt::spawn(tick(Arc::clone(&shared)));
     if !config.sync.compact_interval.is_zero() {
         actix_web::rt::spawn(compact_periodically(Arc::clone(&shared)));
@@ -488,6 +503,87 @@ async fn watch_log(shared: Arc<Shared>) {
     }
 }
 
+/// Tells the driver whenever this node's schema changed (a migration ran).
+async fn watch_schema(shared: Arc<Shared>) {
+    let mut watch = shared.db.events().schema_watch();
+    loop {
+        let state = watch.borrow_and_update().clone();
+        let input = Input::SchemaChanged {
+            version: state.version,
+            hash: state.hash,
+        };
+        if shared.events.send(Event::Input(input)).await.is_err() {
+            return;
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A peer is at schema `version`, newer than this node's: applies the
+/// migrations this node has (if `schema.auto_migrate`), at most once per
+/// `schema.recheck_interval`, so a file added later is picked up.
+fn migrate_for_peer(shared: &Arc<Shared>, version: i64) {
+    let schema = &shared.config.schema;
+    let now = Instant::now();
+    let mut state = shared.migrations.lock();
+    if state.running || state.next_attempt.is_some_and(|at| now < at) {
+        return;
+    }
+    state.next_attempt = Some(now + schema.recheck_interval);
+    let why_not = match schema.dir() {
+        None => Some("no migrations directory is configured (schema.migrations)".to_string()),
+        Some(_) if !schema.auto_migrate => Some(
+            "schema.auto_migrate is off: run `outpost migrate --admin <this node's admin URL>`"
+                .to_string(),
+        ),
+        Some(_) => None,
+    };
+    if let Some(why) = why_not {
+        if state.last_error.as_ref() != Some(&why) {
+            tracing::warn!(
+                peer_version = version,
+                "a peer is at a newer schema version, sync from it is paused: {why}"
+            );
+        }
+        state.last_error = Some(why);
+        return;
+    }
+    state.running = true;
+    drop(state);
+    let shared = Arc::clone(shared);
+    actix_web::rt::spawn(async move {
+        let dir = shared.config.schema.dir().expect("checked").to_owned();
+        let run = shared.db.migrate(&dir).await;
+        let reached = shared.db.events().schema().version;
+        let error = match run.error {
+            Some(e) => Some(e.to_string()),
+            None if reached < version => Some(format!(
+                "a peer is at schema version {version}, this node at {reached}, and {} has no migration beyond {reached}: add the peer's migration files there",
+                dir.display()
+            )),
+            None => None,
+        };
+        let mut state = shared.migrations.lock();
+        match &error {
+            Some(why) if state.last_error.as_ref() != Some(why) => {
+                tracing::warn!(
+                    peer_version = version,
+                    "sync from a newer peer stays paused: {why}"
+                );
+            }
+            Some(_) => {}
+            None => tracing::info!(
+                version = reached,
+                "migrated to the newer peer's schema version; sync resumes"
+            ),
+        }
+        state.last_error = error;
+        state.running = false;
+    });
+}
+
 async fn compact_periodically(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(shared.config.sync.compact_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -519,6 +615,8 @@ struct Driver {
     meta: NodeMeta,
     links: HashMap<LinkId, (mpsc::Sender<Msg>, String)>,
     started: Instant,
+    /// Peers paused at the last publish (to log changes).
+    paused: HashMap<String, PauseKind>,
 }
 
 impl Driver {
@@ -545,6 +643,7 @@ impl Driver {
             meta,
             links: HashMap::new(),
             started: Instant::now(),
+            paused: HashMap::new(),
         }
     }
 
@@ -699,6 +798,7 @@ impl Driver {
                 tracing::info!(peer = %self.label(link), %reason, "closing sync link");
                 self.drop_link(link);
             }
+            Output::SchemaBehind { version } => migrate_for_peer(&self.shared, version),
         }
     }
 
@@ -774,14 +874,36 @@ impl Driver {
         }
     }
 
-    fn publish_state(&self) {
-        let gauge = &self.shared.metrics.sync_peer_state;
-        gauge.reset();
+    /// Sets the per-peer state and pause gauges, and logs pauses as they
+    /// begin and end.
+    fn publish_state(&mut self) {
+        let metrics = &self.shared.metrics;
+        metrics.sync_peer_state.reset();
+        metrics.sync_paused.reset();
+        let mut paused = HashMap::new();
         for status in self.core.status() {
-            gauge
-                .with_label_values(&[&self.status_label(&status), status.state.as_str()])
+            let label = self.status_label(&status);
+            metrics
+                .sync_peer_state
+                .with_label_values(&[&label, status.state.as_str()])
                 .inc();
+            if let Some((kind, reason)) = &status.paused {
+                metrics
+                    .sync_paused
+                    .with_label_values(&[&label, kind.as_str()])
+                    .set(1);
+                if !self.paused.contains_key(&label) {
+                    tracing::warn!(peer = %label, reason = kind.as_str(), "sync with peer paused: {reason}");
+                }
+                paused.insert(label, *kind);
+            }
         }
+        for (label, kind) in &self.paused {
+            if !paused.contains_key(label) {
+                tracing::info!(peer = %label, reason = kind.as_str(), "sync with peer resumed");
+            }
+        }
+        self.paused = paused;
     }
 
     /// A peer's metric label: its node id once known, else its URL.
@@ -814,7 +936,8 @@ impl Driver {
                     "node_id": s.node_id,
                     "origin": s.origin.map(|o| o.to_string()),
                     "state": s.state.as_str(),
-                    "paused": s.paused,
+                    "paused": s.paused.as_ref().map(|(_, reason)| reason),
+                    "paused_reason": s.paused.as_ref().map(|(kind, _)| kind.as_str()),
                     "schema_version": s.remote_schema_version,
                     "last_error": last_error,
                     "lag_seconds": stats.lag_seconds,
@@ -826,9 +949,23 @@ impl Driver {
             })
             .collect();
         let listen = self.shared.addr.lock().map(|a| a.to_string());
+        let mine = self.shared.db.events().schema().version;
+        let waiting_for = self
+            .core
+            .status()
+            .iter()
+            .filter_map(|s| s.remote_schema_version)
+            .filter(|&v| v > mine)
+            .max();
+        let migrations = self.shared.migrations.lock();
         json!({
             "listen": listen,
             "peers": peers,
+            "schema": {
+                "waiting_for": waiting_for,
+                "migrating": migrations.running,
+                "last_error": waiting_for.and(migrations.last_error.clone()),
+            },
         })
     }
 }
