@@ -2,8 +2,10 @@
 //! replication out. Each node is a real `outpost serve` child process on
 //! loopback with its own data dir under `--dir`, certificates from one
 //! cluster CA, and peers to every earlier node (links carry both
-//! directions, so that is a full mesh). An example table `notes` exists on
-//! every node. Ctrl-C stops them all.
+//! directions, so that is a full mesh). Each node has its own migrations
+//! directory (`nodeN/migrations`), seeded with the example app's schema
+//! (`migrations/` of the repository: projects, tasks, comments), so a
+//! rolling schema change can be tried node by node. Ctrl-C stops them all.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,9 +13,10 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-/// Created on every node before it starts (the same SQL everywhere).
-const EXAMPLE_SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0)";
+/// The example app's migrations, written into each node's migrations
+/// directory when it is created.
+const EXAMPLE_MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init.sql", include_str!("../migrations/0001_init.sql"))];
 
 /// The ports of node `i` (0-based): api, admin, sync.
 pub fn ports(base: u16, i: u16) -> Result<(u16, u16, u16)> {
@@ -44,7 +47,9 @@ pub fn run(nodes: u16, base_port: u16, dir: &Path) -> Result<()> {
             .arg(&data)
             .args(["--listen", &format!("127.0.0.1:{api}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--sync-listen", &format!("127.0.0.1:{sync}")]);
+            .args(["--sync-listen", &format!("127.0.0.1:{sync}")])
+            .arg("--migrations")
+            .arg(data.join("migrations"));
         for peer in &peers {
             cmd.args(["--peer", peer]);
         }
@@ -73,7 +78,7 @@ pub fn run(nodes: u16, base_port: u16, dir: &Path) -> Result<()> {
     let (api1, _, _) = ports(base_port, 0)?;
     let (api2, admin2, _) = ports(base_port, nodes.saturating_sub(1))?;
     println!(
-        "\nTry it: write on node1, read on node{nodes}:\n  curl -s -H \"Authorization: Bearer $TOKEN1\" -d '{{\"requests\":[{{\"type\":\"execute\",\"stmt\":{{\"sql\":\"INSERT INTO notes(body) VALUES (\\u0027hello\\u0027)\"}}}}]}}' http://127.0.0.1:{api1}/v2/pipeline\n  curl -s -H \"Authorization: Bearer $TOKEN{nodes}\" -d '{{\"requests\":[{{\"type\":\"execute\",\"stmt\":{{\"sql\":\"SELECT * FROM notes\"}}}}]}}' http://127.0.0.1:{api2}/v2/pipeline\n  outpost status --admin http://127.0.0.1:{admin2}\nCtrl-C stops every node."
+        "\nTry it: write on node1, read on node{nodes}:\n  curl -s -H \"Authorization: Bearer $TOKEN1\" -d '{{\"requests\":[{{\"type\":\"execute\",\"stmt\":{{\"sql\":\"INSERT INTO projects(id, name) VALUES (\\u0027p1\\u0027, \\u0027hello\\u0027)\"}}}}]}}' http://127.0.0.1:{api1}/v2/pipeline\n  curl -s -H \"Authorization: Bearer $TOKEN{nodes}\" -d '{{\"requests\":[{{\"type\":\"execute\",\"stmt\":{{\"sql\":\"SELECT * FROM projects\"}}}}]}}' http://127.0.0.1:{api2}/v2/pipeline\n  outpost status --admin http://127.0.0.1:{admin2}\nCtrl-C stops every node."
     );
     wait_for_signal();
     for child in &mut children {
@@ -86,7 +91,8 @@ pub fn run(nodes: u16, base_port: u16, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates the node's identity, keys and certificate, and the example table.
+/// Creates the node's identity, keys and certificate, and its migrations
+/// directory with the example app's schema (kept if it exists).
 fn prepare_node(exe: &Path, data: &Path, ca: &Path) -> Result<()> {
     let status = Command::new(exe)
         .arg("init")
@@ -99,9 +105,13 @@ fn prepare_node(exe: &Path, data: &Path, ca: &Path) -> Result<()> {
     if !status.success() {
         bail!("outpost init failed for {}", data.display());
     }
-    let db: PathBuf = data.join("outpost.db");
-    let conn = libsql_sys::rusqlite::Connection::open(&db)?;
-    conn.execute_batch(EXAMPLE_SCHEMA)?;
+    let migrations: PathBuf = data.join("migrations");
+    if !migrations.exists() {
+        std::fs::create_dir_all(&migrations)?;
+        for (name, sql) in EXAMPLE_MIGRATIONS {
+            std::fs::write(migrations.join(name), sql)?;
+        }
+    }
     Ok(())
 }
 

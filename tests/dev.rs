@@ -66,7 +66,7 @@ fn dev_runs_a_meshed_cluster_that_replicates() {
     assert_eq!(apis[0], format!("http://127.0.0.1:{base}"));
     assert_eq!(tokens.len(), 2);
 
-    let insert = execute_body("INSERT INTO notes(body) VALUES ('hello from node1')");
+    let insert = execute_body("INSERT INTO projects(id, name) VALUES ('p1', 'hello from node1')");
     let (status, body) = post(
         &format!("{}/v2/pipeline", apis[0]),
         Some(&tokens[0]),
@@ -74,7 +74,7 @@ fn dev_runs_a_meshed_cluster_that_replicates() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["type"], "ok", "{body}");
-    let select = execute_body("SELECT body FROM notes");
+    let select = execute_body("SELECT name FROM projects");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = post(

@@ -456,6 +456,55 @@ mod tests {
         assert_eq!(view.cols["v"].1, Value::Text("a".into()));
     }
 
+    /// The silent loss a late migration would cause without fills: node x
+    /// adds column `p` and writes 5 into it; node y adds the column later
+    /// (its default 0 filled into the row) and merges x's write afterwards.
+    #[test]
+    fn a_late_migrations_fill_never_beats_a_real_write() {
+        let base = RowDoc::new(1);
+        let before = row(&[("id", Value::Integer(1))]);
+        let u0 = write(&base, 10, Some(&before)).unwrap();
+        let (x, y) = (RowDoc::new(2), RowDoc::new(3));
+        x.apply(&u0).unwrap();
+        y.apply(&u0).unwrap();
+        let with_p = |p: i64| row(&[("id", Value::Integer(1)), ("p", Value::Integer(p))]);
+        let fill = |_: &str, _: &Value| true;
+        let stamp = |doc: &RowDoc, hlc| Stamp {
+            hlc,
+            origin: doc.client,
+        };
+        // x migrates at 20 (fill), writes 5 at 30; y migrates at 40 (fill).
+        let (ux_fill, _) = x
+            .record_local(stamp(&x, 20), Some(&with_p(0)), 4096, &fill)
+            .unwrap()
+            .unwrap();
+        let no_fill = |_: &str, _: &Value| false;
+        let (ux_write, _) = x
+            .record_local(stamp(&x, 30), Some(&with_p(5)), 4096, &no_fill)
+            .unwrap()
+            .unwrap();
+        let (uy_fill, _) = y
+            .record_local(stamp(&y, 40), Some(&with_p(0)), 4096, &fill)
+            .unwrap()
+            .unwrap();
+        for u in [&ux_fill, &ux_write] {
+            y.apply(u).unwrap();
+        }
+        x.apply(&uy_fill).unwrap();
+        for doc in [&x, &y] {
+            assert_eq!(doc.view().unwrap().cols["p"].1, Value::Integer(5));
+        }
+        // Without the fill rule y's default, stamped 40, would win.
+        let z = RowDoc::new(4);
+        z.apply(&u0).unwrap();
+        let (uz, _) = z
+            .record_local(stamp(&z, 40), Some(&with_p(0)), 4096, &no_fill)
+            .unwrap()
+            .unwrap();
+        x.apply(&uz).unwrap();
+        assert_eq!(x.view().unwrap().cols["p"].1, Value::Integer(0));
+    }
+
     #[test]
     fn concurrent_writes_converge_in_any_order() {
         let base = RowDoc::new(1);
