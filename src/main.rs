@@ -366,17 +366,17 @@ fn report_migrations(applied: &[(i64, String)], version: i64) {
 
 /// `outpost migrate` on a data dir no `serve` runs on.
 fn migrate_offline(config: &Config) -> Result<()> {
-    let dir = config
-        .schema
-        .dir()
-        .context("no migrations directory: pass --migrations DIR or set schema.migrations")?
-        .to_owned();
     let data_dir = &config.node.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let _lock = outpost::db::lock_data_dir(data_dir).map_err(|e| {
         anyhow::anyhow!("{e}; to migrate a running node use `outpost migrate --admin http://<its admin.listen>`")
     })?;
+    let dir = config
+        .schema
+        .dir()
+        .context("no migrations directory: pass --migrations DIR or set schema.migrations")?
+        .to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -83,6 +83,41 @@ fn declared_types_affected_rows_and_rowid() {
     );
 }
 
+/// After DDL, a statement prepared before it (cached, or on a reader
+/// connection that has not seen the change) reports the new columns and
+/// whole rows: SQLite prepares it again at its first step, so the columns
+/// are read after running it.
+#[test]
+fn results_follow_a_schema_change_at_once() {
+    let server = Server::start();
+    exec(
+        &server,
+        None,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT)",
+    );
+    exec(&server, None, "INSERT INTO t VALUES (1, 'x')");
+    for _ in 0..8 {
+        exec(&server, None, "SELECT * FROM t"); // cached on every reader
+    }
+    exec(
+        &server,
+        None,
+        "ALTER TABLE t ADD COLUMN b INTEGER DEFAULT 7",
+    );
+    for _ in 0..8 {
+        let r = exec(&server, None, "SELECT * FROM t");
+        let result = &r["response"]["result"];
+        let names: Vec<&str> = result["cols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["id", "a", "b"], "{r}");
+        assert_eq!(result["rows"][0][2]["value"], "7", "{r}");
+    }
+}
+
 #[test]
 fn batons_carry_a_transaction_across_requests() {
     let server = Server::start();

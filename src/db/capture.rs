@@ -1563,7 +1563,7 @@ pub(crate) fn table_columns(
 
 /// Whether a stored value equals a default (an INTEGER default in a REAL
 /// column is stored as REAL).
-fn same_value(default: &Value, stored: &Value) -> bool {
+pub(crate) fn same_value(default: &Value, stored: &Value) -> bool {
     match (default, stored) {
         (Value::Integer(i), Value::Real(r)) | (Value::Real(r), Value::Integer(i)) => {
             *i as f64 == *r
@@ -1575,7 +1575,10 @@ fn same_value(default: &Value, stored: &Value) -> bool {
 /// Each column's default value, evaluated (NULL when none is declared).
 /// `ALTER TABLE ADD COLUMN` only takes constant defaults; a non-constant
 /// one (in CREATE TABLE) is evaluated now, which only makes it match less.
-fn column_defaults(conn: &Connection, table: &str) -> rusqlite::Result<HashMap<String, Value>> {
+pub(crate) fn column_defaults(
+    conn: &Connection,
+    table: &str,
+) -> rusqlite::Result<HashMap<String, Value>> {
     let declared: Vec<(String, Option<String>)> = conn
         .prepare("SELECT name, dflt_value FROM pragma_table_info(?1)")?
         .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -213,6 +213,12 @@ impl Session<'_> {
         ctx: &ExecCtx,
         started: Instant,
     ) -> Result<StmtResult, ExecError> {
+        let readonly = prepared.readonly();
+        let total_before = total_changes(self.conn);
+        let rows = collect_rows(&mut prepared, want_rows, ctx)?;
+        // Read after running: if the schema changed since the statement was
+        // prepared (a migration, another connection's DDL), SQLite prepared
+        // it again at its first step, and only now has its columns.
         let cols: Vec<Col> = prepared
             .columns()
             .iter()
@@ -221,9 +227,6 @@ impl Session<'_> {
                 decltype: c.decl_type().map(str::to_string),
             })
             .collect();
-        let readonly = prepared.readonly();
-        let total_before = total_changes(self.conn);
-        let rows = collect_rows(&mut prepared, cols.len(), want_rows, ctx)?;
         drop(prepared);
         let wrote = total_changes(self.conn) != total_before;
         let affected_row_count = if readonly || !wrote {
@@ -532,7 +535,6 @@ fn result_size(result: &StmtResult) -> usize {
 
 fn collect_rows(
     stmt: &mut Statement<'_>,
-    ncols: usize,
     want_rows: bool,
     ctx: &ExecCtx,
 ) -> Result<Vec<Row>, SqlError> {
@@ -552,6 +554,7 @@ fn collect_rows(
                 ),
             ));
         }
+        let ncols = row.as_ref().column_count();
         let mut values = Vec::with_capacity(ncols);
         for i in 0..ncols {
             let value = from_sql(row.get_ref(i)?);
