@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use outpost::crdt::{client_id_of, Hlc, RowDoc, RowView, Stamp, Value};
+use outpost::crdt::{client_id_of, Hlc, RowDoc, RowView, Stamp, Unwritten, Value};
 use outpost::db::capture::{LogEntry, SnapshotDoc};
 use outpost::sync::core::{
     ApplyOutcome, Core, CoreConfig, Identity, Input, LinkId, Millis, Output, PauseKind, PeerState,
@@ -1263,7 +1263,9 @@ impl Sim {
                 .entry((table.clone(), key.clone()))
                 .or_insert_with(|| RowDoc::new(store.origin));
             let Some((update, _live)) = doc
-                .record_local(stamp, row.as_deref(), compact_above, &|_, _| false)
+                .record_local(stamp, row.as_deref(), compact_above, &|_, _| {
+                    Unwritten::Write
+                })
                 .expect("record_local")
             else {
                 continue;

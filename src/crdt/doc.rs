@@ -199,14 +199,33 @@ pub struct Change {
     /// Some(true): (re)inserted; Some(false): deleted.
     pub live: Option<bool>,
     pub cols: Vec<(String, Value)>,
-    /// Values of columns no one has written yet in this document (a column
-    /// added by a migration, holding its default or a migration's
-    /// backfill). They are stamped with the lowest stamp (HLC 0), so every
-    /// node that fills them alike agrees, and any real write, made
-    /// anywhere at any time, wins over them. Without this, a node that
-    /// migrates late would stamp the default *after* another node's real
-    /// value and overwrite it: the silent loss outpost exists to prevent.
+    /// Values a migration put into columns no one has written yet in this
+    /// document (a backfill; see [`Unwritten::Fill`]), stamped with the
+    /// lowest stamp (HLC 0).
     pub fill: Vec<(String, Value)>,
+}
+
+/// How a local change records a value in a column that the row's document
+/// has no value for (a column added after the row was last written, or a
+/// row inserted by a node at an older schema).
+///
+/// Why it matters: a node that migrates late, stamping the new column's
+/// default with its own (later) clock, would overwrite the values other
+/// nodes wrote into that column meanwhile: the silent loss outpost exists
+/// to prevent. A default or a migration's value therefore never wins over
+/// a real write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritten {
+    /// The column's default: not recorded at all. A document without the
+    /// column means its default on every node with the same schema (so an
+    /// `ADD COLUMN` writes no log entry per row).
+    Default,
+    /// A value a migration put there (a backfill): recorded with the lowest
+    /// stamp, so every node running the same migration agrees and any real
+    /// write, made anywhere at any time, wins over it.
+    Fill,
+    /// A value someone wrote: recorded like any change.
+    Write,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -296,14 +315,14 @@ impl RowDoc {
     /// yrs update that carries it with the change's `live` (Some(true):
     /// inserted, Some(false): deleted, None: updated) — None when the
     /// document already agrees.
-    /// `is_fill(column, value)`: whether a value in a column the document
-    /// lacks is a fill (see [`Change::fill`]) rather than a write.
+    /// `unwritten(column, value)` says how to record a value in a column
+    /// the document has no value for.
     pub fn record_local(
         &self,
         stamp: Stamp,
         row: Option<&[(String, Value)]>,
         compact_above: usize,
-        is_fill: &dyn Fn(&str, &Value) -> bool,
+        unwritten: &dyn Fn(&str, &Value) -> Unwritten,
     ) -> Result<Option<Recorded>, DocError> {
         let slots = self.slots()?;
         let mut view = RowView::default();
@@ -313,11 +332,21 @@ impl RowDoc {
         match view.diff(row) {
             Some(mut change) => {
                 if change.live.is_none() {
-                    let (fill, cols) = change.cols.into_iter().partition(|(name, value)| {
-                        !view.cols.contains_key(name) && is_fill(name, value)
-                    });
+                    let mut cols = Vec::new();
+                    for (name, value) in change.cols {
+                        match view.cols.contains_key(&name) {
+                            true => cols.push((name, value)),
+                            false => match unwritten(&name, &value) {
+                                Unwritten::Default => {}
+                                Unwritten::Fill => change.fill.push((name, value)),
+                                Unwritten::Write => cols.push((name, value)),
+                            },
+                        }
+                    }
                     change.cols = cols;
-                    change.fill = fill;
+                    if change.cols.is_empty() && change.fill.is_empty() {
+                        return Ok(None);
+                    }
                 }
                 let live = change.live;
                 let update = self.write_change(stamp, &change, compact_above, slots, view);
@@ -468,7 +497,7 @@ mod tests {
         x.apply(&u0).unwrap();
         y.apply(&u0).unwrap();
         let with_p = |p: i64| row(&[("id", Value::Integer(1)), ("p", Value::Integer(p))]);
-        let fill = |_: &str, _: &Value| true;
+        let fill = |_: &str, _: &Value| Unwritten::Fill;
         let stamp = |doc: &RowDoc, hlc| Stamp {
             hlc,
             origin: doc.client,
@@ -478,7 +507,7 @@ mod tests {
             .record_local(stamp(&x, 20), Some(&with_p(0)), 4096, &fill)
             .unwrap()
             .unwrap();
-        let no_fill = |_: &str, _: &Value| false;
+        let no_fill = |_: &str, _: &Value| Unwritten::Write;
         let (ux_write, _) = x
             .record_local(stamp(&x, 30), Some(&with_p(5)), 4096, &no_fill)
             .unwrap()
@@ -503,6 +532,12 @@ mod tests {
             .unwrap();
         x.apply(&uz).unwrap();
         assert_eq!(x.view().unwrap().cols["p"].1, Value::Integer(0));
+        // A default is not recorded at all: nothing to send.
+        let d = RowDoc::new(5);
+        d.apply(&u0).unwrap();
+        let default = |_: &str, _: &Value| Unwritten::Default;
+        let recorded = d.record_local(stamp(&d, 50), Some(&with_p(0)), 4096, &default);
+        assert!(recorded.unwrap().is_none());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use libsql_sys::rusqlite::{self, params, Connection, OptionalExtension};
 
 use super::events::{ChangeEvent, Events, Op};
 use crate::config::CrdtConfig;
-use crate::crdt::{parse_key, DocError, Hlc, RowDoc, RowView, Stamp, Value};
+use crate::crdt::{parse_key, DocError, Hlc, RowDoc, RowView, Stamp, Unwritten, Value};
 use crate::error::SqlError;
 use crate::metrics::Metrics;
 use crate::sync::vv::VersionVector;
@@ -481,10 +481,10 @@ impl Capture {
     }
 
     /// The open transaction is migration `version`: its flush writes entries
-    /// under that version, and records values in columns a row's document
-    /// lacks (a new column's default, a backfill) with the lowest stamp,
-    /// so that every node running the same migration agrees and a real
-    /// write wins over them. Ends at the next commit or rollback.
+    /// under that version, and records values other than the default in
+    /// columns a row's document lacks (a backfill) with the lowest stamp, so
+    /// that every node running the same migration agrees and a real write
+    /// wins over them (`Unwritten::Fill`). Ends at the next commit or rollback.
     pub fn begin_migration(&self, version: i64) {
         self.schema_version.set(version);
         self.migrating.set(true);
@@ -634,19 +634,22 @@ impl Capture {
             let doc = self.load_doc(conn, &table, &key)?;
             let migrating = self.migrating.get();
             let defaults = tables.get(&table).map(|info| &info.defaults);
-            // A column the document lacks that holds its default, or any
-            // value a migration put there: the lowest stamp (see `Change::fill`).
-            let is_fill = |column: &str, value: &Value| {
-                migrating
-                    || defaults
-                        .and_then(|d| d.get(column))
-                        .is_some_and(|default| same_value(default, value))
+            // A value in a column the document has none for (see `Unwritten`).
+            let unwritten = |column: &str, value: &Value| {
+                let default = defaults.and_then(|d| d.get(column));
+                if default.is_some_and(|default| same_value(default, value)) {
+                    Unwritten::Default
+                } else if migrating {
+                    Unwritten::Fill
+                } else {
+                    Unwritten::Write
+                }
             };
             let recorded = doc.record_local(
                 stamp,
                 row.as_deref(),
                 self.config.compact_doc_bytes,
-                &is_fill,
+                &unwritten,
             );
             let (update, live) = match recorded {
                 Ok(Some(recorded)) => recorded,

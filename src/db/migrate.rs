@@ -12,10 +12,12 @@
 //! Why the version matters to replication: every log entry carries the
 //! version it was written under, and a node never applies an entry from a
 //! newer version (see `sync::core`). The migration itself runs capture in
-//! *migration mode*: values a migration puts into existing rows for columns
-//! the row's document does not have yet (a new column's default, a
+//! *migration mode*: a new column's default is not recorded at all (a
+//! document without the column means its default), and other values a
+//! migration puts into columns a row's document does not have yet (a
 //! backfill) are recorded with the lowest stamp, so every node that runs the
-//! same migration agrees and any real write, made anywhere, wins over them.
+//! same migration agrees and any real write, made anywhere, wins over them
+//! (see `crdt::Unwritten`).
 
 use std::path::{Path, PathBuf};
 
