@@ -191,6 +191,11 @@ pub struct SyncConfig {
     /// compaction; if it returns it bootstraps from a snapshot.
     #[serde(with = "humantime_serde")]
     pub peer_retention: Duration,
+    /// Most log entries applied per second from one peer (0: no limit).
+    /// A peer sending faster is slowed down (its window stops), not cut off.
+    pub peer_entries_per_second: u64,
+    /// Most update bytes applied per second from one peer (0: no limit).
+    pub peer_bytes_per_second: u64,
 }
 
 impl SyncConfig {
@@ -224,6 +229,8 @@ impl Default for SyncConfig {
             max_message_bytes: 8 * 1024 * 1024,
             compact_interval: Duration::from_secs(60),
             peer_retention: Duration::from_secs(7 * 24 * 3600),
+            peer_entries_per_second: 0,
+            peer_bytes_per_second: 0,
         }
     }
 }

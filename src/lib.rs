@@ -20,5 +20,6 @@ pub mod crdt;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod ratelimit;
 pub mod server;
 pub mod sync;

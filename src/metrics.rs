@@ -5,8 +5,8 @@
 //! run several servers in one process.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -43,6 +43,7 @@ pub struct Metrics {
     pub schema_version: IntGauge,
     pub migrations_applied_total: IntCounter,
     pub sync_ignored_values_total: IntCounterVec,
+    pub sync_throttled_seconds_total: CounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -264,6 +265,14 @@ impl Metrics {
                 &["table"],
             )
             .expect("valid metric"),
+            sync_throttled_seconds_total: CounterVec::new(
+                Opts::new(
+                    "outpost_sync_throttled_seconds_total",
+                    "Time applies from a peer waited for its rate limit (sync.peer_entries_per_second, sync.peer_bytes_per_second).",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -304,6 +313,7 @@ impl Metrics {
             Box::new(self.schema_version.clone()),
             Box::new(self.migrations_applied_total.clone()),
             Box::new(self.sync_ignored_values_total.clone()),
+            Box::new(self.sync_throttled_seconds_total.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

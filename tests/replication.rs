@@ -1691,3 +1691,84 @@ fn compacted_log_bootstraps_a_new_node_from_a_snapshot() {
     );
     let _ = &mut cluster;
 }
+
+/// `sync.peer_entries_per_second` at its bound: a peer sending 1,000 entries
+/// at once is applied no faster than the limit allows (the burst is one
+/// window of batches), is slowed rather than cut off, and everything arrives.
+/// Only upper bounds on progress are asserted, so a slow machine cannot fail
+/// it.
+#[test]
+fn a_fast_peer_is_slowed_to_its_rate_limit() {
+    const RATE: f64 = 250.0;
+    const BATCH: f64 = 25.0;
+    const WINDOW: f64 = 4.0;
+    let ca = tempfile::tempdir().unwrap();
+    let limited = |peers: Vec<String>| {
+        let mut env = sync_env();
+        env.push(("OUTPOST_LOG", log_filter()));
+        env.push(("OUTPOST_SYNC_BATCH_ENTRIES", "25".into()));
+        env.push(("OUTPOST_SYNC_PEER_ENTRIES_PER_SECOND", "250".into()));
+        Server::start_with(Options {
+            ca_dir: Some(ca.path()),
+            sync_listen: Some("127.0.0.1:0".into()),
+            peers,
+            env,
+            ..Options::default()
+        })
+    };
+    // Both with the same batch size (a receiver refuses larger batches).
+    let a = limited(Vec::new());
+    let b = limited(vec![a.sync.clone().unwrap()]);
+    for node in [&a, &b] {
+        node.sql(TABLE, vec![]);
+    }
+    let a_id = a.node_id();
+    a.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO t (id, a) SELECT i, 'x' FROM n",
+        vec![],
+    );
+    let count = |node: &Server| -> f64 {
+        node.rows("SELECT count(*) FROM t", vec![])[0][0]["value"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let burst = WINDOW * BATCH;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = count(&b);
+        let now = Instant::now();
+        if have > 0.0 && first.is_none() {
+            first = Some(now);
+        }
+        if let Some(t0) = first {
+            // What the bucket allows since the first apply, plus the batch
+            // in flight when it was measured.
+            let allowed = burst + RATE * (now - t0).as_secs_f64() + 2.0 * BATCH;
+            assert!(
+                have <= allowed,
+                "{have} rows applied {:?} after the first, the limit allows {allowed}",
+                now - t0
+            );
+        }
+        if have >= 1000.0 {
+            break;
+        }
+        assert!(now < deadline, "only {have} of 1000 rows arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = first.unwrap().elapsed();
+    eprintln!("1000 entries at {RATE}/s (burst {burst}) took {took:?}");
+    let metrics = common::get(&format!("{}/metrics", b.admin)).1;
+    let throttled: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("outpost_sync_throttled_seconds_total") && l.contains(&a_id))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(throttled > 1.0, "throttled {throttled} s:\n{metrics}");
+    assert_eq!(a.digest(), b.digest());
+}

@@ -40,6 +40,7 @@ use crate::db::compact::{CompactPlan, PeerAck};
 use crate::db::log::{LogReader, NodeMeta};
 use crate::db::Database;
 use crate::metrics::Metrics;
+use crate::ratelimit::{self, RateLimiter};
 
 /// Frames queued to one link's writer before the driver drops the link.
 const LINK_QUEUE: usize = 64;
@@ -122,6 +123,51 @@ struct Shared {
     peer_errors: Mutex<HashMap<usize, String>>,
     /// Automatic migrations when a peer is at a newer schema version.
     migrations: Mutex<AutoMigrate>,
+    /// `sync.peer_entries_per_second` and `sync.peer_bytes_per_second`.
+    peer_limits: PeerLimits,
+}
+
+/// Inbound rate limits, one bucket per peer node id.
+struct PeerLimits {
+    entries: Option<RateLimiter>,
+    bytes: Option<RateLimiter>,
+}
+
+impl PeerLimits {
+    /// Most peers tracked: configured peers plus inbound links.
+    const MAX_PEERS: usize = 4096;
+
+    fn new(config: &crate::config::SyncConfig) -> PeerLimits {
+        let window = config.window_batches as u64;
+        PeerLimits {
+            entries: RateLimiter::new(
+                config.peer_entries_per_second,
+                window * config.batch_entries as u64,
+                Self::MAX_PEERS,
+            ),
+            bytes: RateLimiter::new(
+                config.peer_bytes_per_second,
+                window * config.batch_bytes as u64,
+                Self::MAX_PEERS,
+            ),
+        }
+    }
+
+    /// Waits until `peer` may have `entries` applied (backpressure: the
+    /// batch is acknowledged later, so the peer's window stops it).
+    /// Returns how long it waited.
+    async fn admit(&self, peer: &str, entries: &[LogEntry]) -> Duration {
+        let started = Instant::now();
+        let key = ratelimit::key_of(peer);
+        if let Some(limit) = &self.entries {
+            limit.take_waiting(key, entries.len() as f64).await;
+        }
+        if let Some(limit) = &self.bytes {
+            let bytes: usize = entries.iter().map(LogEntry::size).sum();
+            limit.take_waiting(key, bytes as f64).await;
+        }
+        started.elapsed()
+    }
 }
 
 /// Where the automatic migration for a newer peer stands.
@@ -163,6 +209,7 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
         peer_stats: Mutex::new(HashMap::new()),
         peer_errors: Mutex::new(HashMap::new()),
         migrations: Mutex::new(AutoMigrate::default()),
+        peer_limits: PeerLimits::new(&config.sync),
     });
     let server_shared = Arc::clone(&shared);
     let server = HttpServer::new(move || {
@@ -994,6 +1041,13 @@ async fn apply(shared: &Shared, label: &str, peer: &str, entries: Vec<LogEntry>)
         .sync_entries_received_total
         .with_label_values(&[peer])
         .inc_by(entries.len() as u64);
+    let waited = shared.peer_limits.admit(peer, &entries).await;
+    if !waited.is_zero() {
+        metrics
+            .sync_throttled_seconds_total
+            .with_label_values(&[peer])
+            .inc_by(waited.as_secs_f64());
+    }
     let hlcs: Vec<u64> = entries.iter().map(|e| e.hlc).collect();
     match shared.db.apply(entries, peer).await {
         Ok(outcomes) => {
