@@ -328,6 +328,11 @@ pub struct Limits {
     pub writer_queue: usize,
     /// Most read jobs waiting for a reader; beyond it requests get 429.
     pub reader_queue: usize,
+    /// Most API requests per second per client token (0: no limit); beyond
+    /// it requests get 429 `RATE_LIMITED` with `Retry-After`.
+    pub token_requests_per_second: u64,
+    /// Requests a token may make at once above its rate.
+    pub token_burst: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -394,6 +399,8 @@ impl Default for Limits {
             max_read_transactions: 64,
             writer_queue: 4096,
             reader_queue: 4096,
+            token_requests_per_second: 0,
+            token_burst: 100,
         }
     }
 }

@@ -62,6 +62,39 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `key` may go ahead at `now` (its bucket holds a token, or it
+    /// has none yet), without taking anything: see [`RateLimiter::charge`].
+    /// Err(wait): not before `wait`.
+    pub fn check(&self, key: u64, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock();
+        let Some(bucket) = buckets.get(&key) else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        let tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
+        }
+    }
+
+    /// Takes `cost` tokens from `key`'s bucket after the fact (creating it
+    /// full if new). The bucket may go below zero, down to minus the burst:
+    /// the key then waits for the debt to be paid. Used where only the
+    /// outcome tells whether a request counts (an authenticated one does).
+    pub fn charge(&self, key: u64, cost: f64, now: Instant) {
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets.get_or_insert_mut(key, || Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.at = now;
+        bucket.tokens = (bucket.tokens - cost).max(-self.burst);
+    }
+
     /// Takes `cost` tokens, waiting as long as it takes (backpressure).
     pub async fn take_waiting(&self, key: u64, cost: f64) {
         while let Err(wait) = self.take(key, cost, Instant::now()) {
@@ -109,6 +142,26 @@ mod tests {
         assert!(limiter.take(7, 500.0, t0).is_ok());
         let wait = limiter.take(7, 500.0, t0).unwrap_err();
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+    }
+
+    #[test]
+    fn check_then_charge_counts_only_what_is_charged() {
+        let limiter = RateLimiter::new(2, 2, 16).unwrap();
+        let t0 = Instant::now();
+        // Unknown keys pass and create nothing (refused tokens cost no memory).
+        assert!(limiter.check(9, t0).is_ok());
+        assert_eq!(limiter.buckets.lock().len(), 0);
+        limiter.charge(9, 1.0, t0);
+        limiter.charge(9, 1.0, t0);
+        let wait = limiter.check(9, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
+        assert!(limiter.check(9, t0 + Duration::from_millis(500)).is_ok());
+        // Debt is bounded by the burst.
+        for _ in 0..100 {
+            limiter.charge(9, 1.0, t0);
+        }
+        let wait = limiter.check(9, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 1.5).abs() < 1e-9, "{wait:?}");
     }
 
     #[test]

@@ -17,8 +17,11 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Database;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 
 pub const TLS_DIR: &str = "tls";
+/// Most client tokens whose rate is tracked at once (least recent forgotten).
+const TOKEN_BUCKETS: usize = 100_000;
 pub const TLS_CERT_FILE: &str = "cert.pem";
 pub const TLS_KEY_FILE: &str = "key.pem";
 
@@ -180,6 +183,11 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
         auth,
         metrics,
         sync: sync.clone(),
+        token_limits: RateLimiter::new(
+            config.limits.token_requests_per_second,
+            config.limits.token_burst,
+            TOKEN_BUCKETS,
+        ),
     });
 
     let api_state = state.clone();

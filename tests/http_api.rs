@@ -587,3 +587,43 @@ fn a_read_transaction_becomes_a_write_only_on_the_newest_snapshot() {
     assert_eq!(body["results"][1]["type"], "ok", "{body}");
     assert_eq!(count_rows(&server, "t"), "2");
 }
+
+/// `limits.token_requests_per_second` at its bound: a token gets its burst,
+/// then 429 `RATE_LIMITED` with `Retry-After`; other tokens are unaffected;
+/// refused tokens (401) are not counted; the token recovers at its rate.
+/// Only what cannot fail on a slow machine is asserted (10 requests within
+/// the 7 s the rate would need to avoid a 429).
+#[test]
+fn token_rate_limit_at_the_bound() {
+    let server = Server::start_with(Options {
+        init: true,
+        env: vec![
+            ("OUTPOST_LIMITS_TOKEN_REQUESTS_PER_SECOND", "1".into()),
+            ("OUTPOST_LIMITS_TOKEN_BURST", "3".into()),
+        ],
+        ..Options::default()
+    });
+    let a = common::token(server.data_dir(), &[]);
+    let b = common::token(server.data_dir(), &["--read-only"]);
+    let url = format!("{}/v1/execute", server.api);
+    let read = json!({"stmt": {"sql": "SELECT 1"}}).to_string();
+    for _ in 0..20 {
+        assert_eq!(post(&url, Some("not-a-token"), &read).0, 401);
+    }
+    let statuses: Vec<u16> = (0..10).map(|_| post(&url, Some(&a), &read).0).collect();
+    assert_eq!(statuses[..3], [200, 200, 200], "the burst: {statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let refused = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {a}"))
+        .send_string(&read)
+        .unwrap_err();
+    let ureq::Error::Status(429, response) = refused else {
+        panic!("expected 429, got {refused:?}");
+    };
+    assert!(response.header("Retry-After").is_some());
+    let body: Value = response.into_json().unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    assert_eq!(post(&url, Some(&b), &read).0, 200, "another token");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(post(&url, Some(&a), &read).0, 200, "recovered at its rate");
+}
