@@ -7,6 +7,7 @@ mod client;
 mod cluster;
 mod crdt;
 mod inproc;
+mod migration;
 mod proxy;
 mod repl;
 mod report;
@@ -38,6 +39,7 @@ const WORKLOADS: &[&str] = &[
     "repl-lag",
     "repl-throughput",
     "repl-partition",
+    "migration",
     "none",
 ];
 
@@ -115,11 +117,12 @@ pub struct Args {
     /// Which workloads to run (comma-separated): read, insert, mix, batch100 (100 inserts in
     /// one Hrana batch), wide-update (one column of a random row of a 20-column table),
     /// hot-row (one row updated --hot-row-updates times, on fresh instances), repl-lag,
-    /// repl-throughput, repl-partition (3-node clusters, see --repl-rate ...), or none.
+    /// repl-throughput, repl-partition (3-node clusters, see --repl-rate ...), migration
+    /// (`outpost migrate` on 100,000 captured rows, quick: 10,000, vs plain SQLite), or none.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition"
+        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition,migration"
     )]
     workloads: Vec<String>,
     /// repl-lag: open-loop writes per second, once all on n1 and once spread over the three
@@ -1071,6 +1074,11 @@ fn run(args: &Args) -> Result<Report> {
             };
             if let Err(e) = repl::run(&rt, &plan, &spec, tmp.path(), &mut report) {
                 report.problems.push(format!("{e:#}"));
+            }
+        }
+        if plan.want("migration") {
+            if let Err(e) = migration::run(&plan, &a.bin, &a.env, tmp.path(), &mut report) {
+                report.problems.push(format!("migration: {e:#}"));
             }
         }
         if plan.rss_rows > 0 || plan.soak_seconds > 0 {

@@ -165,6 +165,8 @@ pub struct Report {
     pub soak: Option<Summary>,
     /// The replication workloads (issue 5).
     pub repl: Option<crate::repl::ReplReport>,
+    /// The schema-migration workload (issue 10).
+    pub migration: Option<crate::migration::MigrationReport>,
     pub outpost_shutdown: Option<Shutdown>,
     /// Reasons the harness itself is broken (non-empty → non-zero exit).
     pub problems: Vec<String>,
@@ -282,6 +284,7 @@ impl Report {
             outpost_data_bytes: Vec::new(),
             soak: None,
             repl: None,
+            migration: None,
             outpost_shutdown: None,
             problems: Vec::new(),
         }
@@ -389,6 +392,9 @@ impl Report {
         if let Some(r) = &self.repl {
             goals.extend(r.goals());
             self.problems.extend(r.problems());
+        }
+        if let Some(m) = &self.migration {
+            self.problems.extend(m.problems());
         }
         self.goals = goals;
 
@@ -768,6 +774,9 @@ impl Report {
         if let Some(r) = &self.repl {
             r.render(&mut out);
         }
+        if let Some(m) = &self.migration {
+            m.render(&mut out);
+        }
         if !self.capture.is_empty() {
             let _ = writeln!(
                 out,
@@ -846,7 +855,8 @@ impl Report {
         let failed_phases = self.results.iter().filter(|r| r.failed()).count();
         let passed = self.results.len() - failed_phases
             + self.hot_row.iter().filter(|h| !h.failed()).count()
-            + self.repl.as_ref().map_or(0, |r| r.passed());
+            + self.repl.as_ref().map_or(0, |r| r.passed())
+            + self.migration.as_ref().map_or(0, |m| m.passed());
         let failed = self.problems.len();
         let _ = writeln!(out, "\nbench: {passed} passed, {failed} failed");
         out
