@@ -134,6 +134,12 @@ enum Command {
         #[arg(long)]
         digest: bool,
     },
+    /// Remote changes this node refused (`_outpost_quarantine`): list them,
+    /// or apply them again once the cause is fixed.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Take a backup snapshot now (not yet available).
     Backup {
         #[command(flatten)]
@@ -145,6 +151,48 @@ enum Command {
         from: String,
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// List quarantined entries in (origin, seq) order: origin, seq, table,
+    /// key, the peer that sent it, reason code and reason, when (UTC).
+    /// Reads the database directly (works while `outpost serve` runs).
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Most entries to print (at most 10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only entries with this reason code (table, key, column, constraint, ...).
+        #[arg(long)]
+        code: Option<String>,
+        /// Only entries of this origin.
+        #[arg(long)]
+        origin: Option<u64>,
+    },
+    /// Apply quarantined entries again, in (origin, seq) order, after the
+    /// cause was fixed (the table created, a CHECK relaxed, a migration
+    /// run): each one that applies now moves to the change log and reaches
+    /// peers; one still refused stays, with its new reason. With --admin,
+    /// the running node at that admin URL does it; without, the data dir
+    /// is replayed offline (refused while `outpost serve` runs on it).
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// Admin URL of a running node, e.g. http://127.0.0.1:9090.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Only entries with this reason code.
+        #[arg(long)]
+        code: Option<String>,
+        /// Only entries of this origin.
+        #[arg(long)]
+        origin: Option<u64>,
     },
 }
 
@@ -263,6 +311,7 @@ fn main() -> Result<()> {
             let config = load_config(&common)?;
             run_check(&config, digest)
         }
+        Command::Quarantine { action } => run_quarantine(action),
         Command::Backup { .. } => not_yet("backup", 7),
         Command::Restore { .. } => not_yet("restore", 7),
     }
@@ -434,6 +483,11 @@ fn http_get(base: &str, path: &str) -> Result<(u16, String)> {
 
 /// A minimal HTTP/1.1 request against the admin listener (plain HTTP, loopback).
 fn http_request(base: &str, method: &str, path: &str) -> Result<(u16, String)> {
+    http_request_with(base, method, path, "")
+}
+
+/// [`http_request`] with a JSON body (none when empty).
+fn http_request_with(base: &str, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
     let hostport = base
         .strip_prefix("http://")
         .context("the admin URL must start with http://")?
@@ -443,9 +497,15 @@ fn http_request(base: &str, method: &str, path: &str) -> Result<(u16, String)> {
     // A migration may take a while (it may rewrite tables).
     let timeout = if method == "GET" { 5 } else { 600 };
     stream.set_read_timeout(Some(Duration::from_secs(timeout)))?;
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
@@ -513,6 +573,7 @@ fn status(base: &str) -> Result<()> {
             },
         ),
         ("log entries", text(&node["log_entries"])),
+        ("quarantined", text(&node["quarantined"])),
         (
             "sync listener",
             match &node["sync"]["listen"] {
@@ -592,4 +653,232 @@ fn run_check(config: &Config, digest: bool) -> Result<()> {
         report.problems.len() + report.more_problems
     );
     std::process::exit(1);
+}
+
+/// `outpost quarantine list|replay`.
+fn run_quarantine(action: QuarantineAction) -> Result<()> {
+    use outpost::db::quarantine::{self, Filter};
+    match action {
+        QuarantineAction::List {
+            common,
+            json,
+            limit,
+            code,
+            origin,
+        } => {
+            let config = load_config(&common)?;
+            let filter = Filter {
+                code,
+                origin,
+                after: None,
+            };
+            quarantine_list(&config, &filter, quarantine::per_call(Some(limit)), json)
+        }
+        QuarantineAction::Replay {
+            common,
+            admin,
+            code,
+            origin,
+        } => {
+            let config = load_config(&common)?;
+            let filter = Filter {
+                code,
+                origin,
+                after: None,
+            };
+            let report = match admin {
+                Some(base) => replay_through_admin(&base, &filter)?,
+                None => replay_offline(&config, &filter)?,
+            };
+            let reasons = report
+                .reasons
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "replayed {} entries, {} still refused{}",
+                report.replayed,
+                report.still_refused,
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (reasons: {reasons})")
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `outpost quarantine list`: reads `_outpost_quarantine` through a
+/// read-only connection (next to a running server too).
+fn quarantine_list(
+    config: &Config,
+    filter: &outpost::db::quarantine::Filter,
+    limit: usize,
+    json: bool,
+) -> Result<()> {
+    let path = config.db_path();
+    if !path.exists() {
+        bail!(
+            "no database at {} (run `outpost init` first?)",
+            path.display()
+        );
+    }
+    let log = outpost::db::log::LogReader::open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let entries = log
+        .quarantined(filter, limit)
+        .with_context(|| format!("cannot read the quarantine of {}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no quarantined entries");
+        return Ok(());
+    }
+    let cut = |text: &str, width: usize| -> String {
+        if text.chars().count() <= width {
+            text.to_string()
+        } else {
+            let mut short: String = text.chars().take(width - 1).collect();
+            short.push('…');
+            short
+        }
+    };
+    println!(
+        "{:<17} {:>6} {:<16} {:<20} {:<36} {:<11} {:<48} when (UTC)",
+        "origin", "seq", "table", "key", "peer", "code", "reason"
+    );
+    for e in &entries {
+        println!(
+            "{:<17} {:>6} {:<16} {:<20} {:<36} {:<11} {:<48} {}",
+            e.origin,
+            e.seq,
+            cut(&e.table, 16),
+            cut(&e.key, 20),
+            cut(&e.peer, 36),
+            e.code,
+            cut(&e.reason, 48),
+            e.at
+        );
+    }
+    let total = log.quarantine_count().unwrap_or(0);
+    if total as usize > entries.len() {
+        println!("({} shown of {total} quarantined entries)", entries.len());
+    }
+    Ok(())
+}
+
+/// Entries one replay call handles; the command goes on until none is left.
+const REPLAY_PER_CALL: usize = 1000;
+
+/// Adds one replay call's report to the total so far.
+fn add_report(
+    total: &mut outpost::db::quarantine::ReplayReport,
+    call: outpost::db::quarantine::ReplayReport,
+) {
+    total.replayed += call.replayed;
+    total.still_refused += call.still_refused;
+    total.processed += call.processed;
+    for (code, n) in call.reasons {
+        *total.reasons.entry(code).or_default() += n;
+    }
+    total.remaining = call.remaining;
+    total.last = call.last.or(total.last);
+}
+
+/// `outpost quarantine replay --admin URL`: the running node replays, in
+/// calls of REPLAY_PER_CALL entries (one writer transaction each).
+fn replay_through_admin(
+    base: &str,
+    filter: &outpost::db::quarantine::Filter,
+) -> Result<outpost::db::quarantine::ReplayReport> {
+    let mut total = outpost::db::quarantine::ReplayReport::default();
+    let mut after: Option<(String, u64)> = None;
+    loop {
+        let mut body = serde_json::json!({ "limit": REPLAY_PER_CALL });
+        if let Some(code) = &filter.code {
+            body["code"] = serde_json::json!(code);
+        }
+        if let Some(origin) = filter.origin {
+            body["origin"] = serde_json::json!(origin.to_string());
+        }
+        if let Some((origin, seq)) = &after {
+            body["after"] = serde_json::json!({ "origin": origin, "seq": seq });
+        }
+        let (code, text) =
+            http_request_with(base, "POST", "/quarantine/replay", &body.to_string())?;
+        let reply: serde_json::Value = serde_json::from_str(text.trim())
+            .with_context(|| format!("{base}/quarantine/replay answered {code}: {text}"))?;
+        if code != 200 {
+            bail!(
+                "{base}/quarantine/replay answered {code}: {}",
+                reply["error"].as_str().unwrap_or(text.as_str())
+            );
+        }
+        let count = |key: &str| reply[key].as_u64().unwrap_or(0);
+        let processed = count("processed");
+        let call = outpost::db::quarantine::ReplayReport {
+            replayed: count("replayed"),
+            still_refused: count("still_refused"),
+            remaining: count("remaining"),
+            processed,
+            reasons: reply["reasons"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(code, n)| (code.clone(), n.as_u64().unwrap_or(0)))
+                .collect(),
+            last: None,
+        };
+        add_report(&mut total, call);
+        after = match (&reply["last"]["origin"], reply["last"]["seq"].as_u64()) {
+            (serde_json::Value::String(origin), Some(seq)) => Some((origin.clone(), seq)),
+            _ => None,
+        };
+        if (processed as usize) < REPLAY_PER_CALL || after.is_none() {
+            return Ok(total);
+        }
+    }
+}
+
+/// `outpost quarantine replay` on a data dir no `serve` runs on.
+fn replay_offline(
+    config: &Config,
+    filter: &outpost::db::quarantine::Filter,
+) -> Result<outpost::db::quarantine::ReplayReport> {
+    let data_dir = &config.node.data_dir;
+    if !config.db_path().exists() {
+        bail!("no database at {}", config.db_path().display());
+    }
+    let _lock = outpost::db::lock_data_dir(data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; to replay on a running node use `outpost quarantine replay --admin http://<its admin.listen>`"
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let metrics = std::sync::Arc::new(outpost::metrics::Metrics::new());
+    let db = outpost::db::Database::open(config, metrics)?;
+    let mut total = outpost::db::quarantine::ReplayReport::default();
+    let mut filter = filter.clone();
+    let outcome = loop {
+        match runtime.block_on(db.replay_quarantine(filter.clone(), REPLAY_PER_CALL)) {
+            Ok(call) => {
+                let done = (call.processed as usize) < REPLAY_PER_CALL || call.last.is_none();
+                filter.after = call.last;
+                add_report(&mut total, call);
+                if done {
+                    break Ok(total);
+                }
+            }
+            Err(e) => break Err(anyhow::anyhow!("{}: {}", e.code, e.message)),
+        }
+    };
+    db.shutdown();
+    outcome
 }

@@ -1,7 +1,9 @@
 //! The admin listener: `/health` (the process is up), `/ready` (the
 //! database answers), `/version`, `/metrics` in Prometheus text format,
-//! `/status` (the node at a glance) and `POST /migrate` (apply the pending
-//! migrations of the node's migrations directory now).
+//! `/status` (the node at a glance), `POST /migrate` (apply the pending
+//! migrations of the node's migrations directory now), `GET /quarantine`
+//! (refused remote entries) and `POST /quarantine/replay` (apply them
+//! again once the cause is fixed).
 //!
 //! The admin listener has no authentication: bind it to loopback or a
 //! private network (`admin.listen`).
@@ -18,7 +20,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/version", web::get().to(version))
         .route("/metrics", web::get().to(metrics))
         .route("/status", web::get().to(status))
-        .route("/migrate", web::post().to(migrate));
+        .route("/migrate", web::post().to(migrate))
+        .route("/quarantine", web::get().to(quarantine_list))
+        .route("/quarantine/replay", web::post().to(quarantine_replay));
 }
 
 pub async fn health() -> HttpResponse {
@@ -60,6 +64,7 @@ async fn status(app: web::Data<AppState>) -> HttpResponse {
     };
     let meta = app.db.meta();
     let schema = schema_status(&app, sync.get("schema"));
+    let quarantined = app.db.log().quarantine_count().ok();
     HttpResponse::Ok().json(serde_json::json!({
         "schema": schema,
         "node_id": meta.as_ref().map(|m| m.node_id.clone()).ok(),
@@ -68,6 +73,7 @@ async fn status(app: web::Data<AppState>) -> HttpResponse {
         "schema_hash": meta.as_ref().map(|m| m.schema_hash.clone()).ok(),
         "log": log.0.iter().map(|(o, s)| (o.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
         "log_entries": log.total(),
+        "quarantined": quarantined,
         "sync": sync,
         "peers": sync.get("peers").cloned().unwrap_or(serde_json::json!([])),
     }))
@@ -133,4 +139,109 @@ async fn metrics(app: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(app.metrics.render())
+}
+
+/// An origin as a JSON number or a decimal string (as `/status` shows it).
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum OriginArg {
+    Number(u64),
+    Text(String),
+}
+
+impl OriginArg {
+    fn parse(&self) -> Result<u64, String> {
+        match self {
+            OriginArg::Number(n) => Ok(*n),
+            OriginArg::Text(text) => text
+                .parse()
+                .map_err(|_| format!("origin {text:?} is not a decimal origin")),
+        }
+    }
+}
+
+/// Which quarantined entries: `code`, `origin`, `limit`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineQuery {
+    code: Option<String>,
+    origin: Option<OriginArg>,
+    limit: Option<usize>,
+    /// Replay only: go on after this entry (the `last` of a previous reply).
+    after: Option<QuarantineCursor>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineCursor {
+    origin: OriginArg,
+    seq: u64,
+}
+
+fn bad_request(message: String) -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({ "error": message }))
+}
+
+impl QuarantineQuery {
+    fn filter(&self) -> Result<crate::db::quarantine::Filter, String> {
+        Ok(crate::db::quarantine::Filter {
+            code: self.code.clone(),
+            origin: self.origin.as_ref().map(OriginArg::parse).transpose()?,
+            after: match &self.after {
+                Some(c) => Some((c.origin.parse()?, c.seq)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// `GET /quarantine?limit=N&code=C&origin=O`: quarantined entries in
+/// (origin, seq) order (limit default 100, at most 10,000), without their
+/// update bytes.
+async fn quarantine_list(
+    app: web::Data<AppState>,
+    query: web::Query<QuarantineQuery>,
+) -> HttpResponse {
+    let filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(e) => return bad_request(e),
+    };
+    let limit = crate::db::quarantine::per_call(query.limit);
+    let db = app.db.clone();
+    let listed = web::block(move || db.log().quarantined(&filter, limit)).await;
+    match listed {
+        Ok(Ok(entries)) => HttpResponse::Ok().json(entries),
+        Ok(Err(e)) => HttpResponse::InternalServerError()
+            .json(serde_json::json!({ "error": format!("reading the quarantine: {e}") })),
+        Err(e) => {
+            HttpResponse::InternalServerError().json(serde_json::json!({ "error": e.to_string() }))
+        }
+    }
+}
+
+/// `POST /quarantine/replay` with an optional JSON body `{"code": .., "origin":
+/// .., "limit": .., "after": {"origin": .., "seq": ..}}`: runs matching
+/// quarantined entries through the apply path again, in (origin, seq)
+/// order, at most `limit` (default 100, at most 10,000) in one writer
+/// transaction. Replies `{"replayed", "still_refused", "remaining",
+/// "reasons", "last", "processed"}`; `last` is the cursor for the next call.
+async fn quarantine_replay(app: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let query: QuarantineQuery = if body.iter().all(u8::is_ascii_whitespace) {
+        QuarantineQuery::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(query) => query,
+            Err(e) => return bad_request(format!("bad JSON body: {e}")),
+        }
+    };
+    let filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(e) => return bad_request(e),
+    };
+    let limit = crate::db::quarantine::per_call(query.limit);
+    match app.db.replay_quarantine(filter, limit).await {
+        Ok(report) => HttpResponse::Ok().json(report),
+        Err(e) => HttpResponse::InternalServerError()
+            .json(serde_json::json!({ "error": e.message, "code": e.code })),
+    }
 }

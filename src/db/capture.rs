@@ -32,10 +32,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use libsql_sys::rusqlite::{self, params, Connection, OptionalExtension};
+use yrs::updates::decoder::Decode;
 
 use super::events::{ChangeEvent, Events, Op};
 use crate::config::CrdtConfig;
-use crate::crdt::{parse_key, DocError, Hlc, RowDoc, RowView, Stamp, Unwritten, Value};
+use crate::crdt::{parse_key, DocError, Hlc, RowDoc, RowView, Slot, Stamp, Unwritten, Value};
 use crate::error::SqlError;
 use crate::metrics::Metrics;
 use crate::sync::vv::VersionVector;
@@ -118,8 +119,27 @@ struct Merged {
     values: Vec<(String, Value)>,
     /// Origin and clock of the row's existence stamp (for the feed event).
     winner: (u64, u64),
-    /// Values the merged origin's slot holds for columns the table lacks.
+    /// Values the entry wrote into columns the table lacks (written under
+    /// an older schema, for columns dropped since): ignored.
     ignored: usize,
+}
+
+/// Whether [`Capture::merge_row`] checks the columns an update writes.
+#[derive(Debug, Clone, Copy)]
+enum Columns {
+    /// A snapshot's whole document: not checked.
+    Unchecked,
+    /// An entry's update by `origin`. `same_schema`: written under this
+    /// node's schema version, so a column the table lacks is refused
+    /// (`column`); written under an older one, it is ignored and counted.
+    Entry { origin: u64, same_schema: bool },
+}
+
+/// What the checks of one remote entry decided ([`Capture::admit`]).
+enum Verdict {
+    Applied,
+    Deferred(String),
+    Refused(Rejection),
 }
 
 /// What became of one remote entry.
@@ -385,16 +405,22 @@ pub struct Capture {
     staged_events: RefCell<Vec<ChangeEvent>>,
     /// A ROLLBACK TO may have undone some of `staged_events`.
     events_uncertain: Cell<bool>,
+    /// Entries the open transaction quarantined: held (in the version
+    /// vector) once it commits.
+    staged_held: RefCell<VersionVector>,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
 }
 
-/// The highest seq per origin in the log and the quarantine.
+/// The highest seq per origin in the log and the quarantine (except
+/// entries refused for their origin or seq themselves: those name no real
+/// entry of that origin).
 pub fn log_vector(conn: &Connection) -> rusqlite::Result<VersionVector> {
     let mut vv = VersionVector::new();
     for sql in [
         "SELECT origin, max(seq) FROM _outpost_log GROUP BY origin",
-        "SELECT origin, max(seq) FROM _outpost_quarantine GROUP BY origin",
+        "SELECT origin, max(seq) FROM _outpost_quarantine
+         WHERE code NOT IN ('range', 'own_origin') GROUP BY origin",
         "SELECT origin, upto FROM _outpost_compacted",
     ] {
         let mut stmt = conn.prepare(sql)?;
@@ -453,6 +479,7 @@ impl Capture {
             staged_source: Cell::new("local"),
             staged_events: RefCell::new(Vec::new()),
             events_uncertain: Cell::new(false),
+            staged_held: RefCell::new(VersionVector::new()),
             events,
             metrics,
         };
@@ -566,6 +593,11 @@ impl Capture {
     fn announce(&self, conn: &Connection, committed: bool) {
         let mut staged = std::mem::take(&mut *self.staged_events.borrow_mut());
         let uncertain = self.events_uncertain.replace(false);
+        let held = std::mem::take(&mut *self.staged_held.borrow_mut());
+        if committed && !held.0.is_empty() {
+            // Quarantined entries count as held: peers need not send them again.
+            self.events.observe(&held);
+        }
         if !committed || staged.is_empty() {
             return;
         }
@@ -731,20 +763,57 @@ impl Capture {
         if self.has_entry(conn, entry.origin, entry.seq)? {
             return Ok(Applied::Duplicate);
         }
+        match self.admit(conn, entry)? {
+            Verdict::Applied => Ok(Applied::Applied),
+            Verdict::Deferred(why) => Ok(Applied::Deferred(why)),
+            Verdict::Refused(rejection) => self.quarantine(conn, entry, peer, rejection),
+        }
+    }
+
+    /// Checks a remote entry (not yet held) and applies it if it passes.
+    /// The checks run in this order, the first that fails names the reason
+    /// (the code in `_outpost_quarantine` and in
+    /// `outpost_sync_rejected_total`):
+    /// 1. `own_origin`, `range`, `too_large`: the origin is not this node,
+    ///    origin and seq are in range, the entry fits `crdt.max_update_bytes`;
+    /// 2. `decode`: the update decodes as a yrs update, on its own;
+    /// 3. its signature (issue 6), then 4. its origin is not revoked (issue 6);
+    /// 5. written under a schema version newer than this node's: deferred,
+    ///    not refused (the peer sends it again once this node migrated).
+    ///    It comes before the checks that depend on the schema, which the
+    ///    newer version may change (a table it creates is not here yet);
+    /// 6. `table`: the table is replicated here;
+    /// 7. `key`: the key is shaped like the table's primary key;
+    /// 8. `column` (in the savepoint, once merged): the entry writes no
+    ///    column the table lacks — when written under this node's schema
+    ///    version; under an older one such values (columns dropped since)
+    ///    are ignored and counted (`outpost_sync_ignored_values_total`);
+    /// 9. `constraint`: the merged row can be written (types, CHECK,
+    ///    NOT NULL, UNIQUE); in a savepoint, so a refused entry leaves no trace.
+    fn admit(&self, conn: &Connection, entry: &LogEntry) -> Result<Verdict, CaptureError> {
+        if let Some(rejection) = self.reject_entry(entry) {
+            return Ok(Verdict::Refused(rejection));
+        }
+        // Signature: issue 6 (signed entries) verifies here that the entry
+        // is signed by its origin's key. Not implemented yet.
+        // Revocation: issue 6 refuses here an entry whose origin was
+        // revoked. Not implemented yet.
         if entry.schema_version > self.schema_version.get() {
-            return Ok(Applied::Deferred(format!(
+            return Ok(Verdict::Deferred(format!(
                 "written under schema version {}, this node has {}",
                 entry.schema_version,
                 self.schema_version.get()
             )));
         }
-        if let Some(rejection) = self.reject_reason(entry) {
-            return self.quarantine(conn, entry, peer, rejection);
+        if let Some(rejection) = self.reject_target(&entry.table, &entry.key) {
+            return Ok(Verdict::Refused(rejection));
         }
-        match self.in_savepoint(conn, || self.apply_in_savepoint(conn, entry))? {
-            Ok(()) => Ok(Applied::Applied),
-            Err(rejection) => self.quarantine(conn, entry, peer, rejection),
-        }
+        Ok(
+            match self.in_savepoint(conn, || self.apply_in_savepoint(conn, entry))? {
+                Ok(()) => Verdict::Applied,
+                Err(rejection) => Verdict::Refused(rejection),
+            },
+        )
     }
 
     /// Runs `work` inside a savepoint: kept if it succeeds, rolled back if
@@ -801,6 +870,11 @@ impl Capture {
             rejection.message,
             Hlc::now_ms() as i64
         ])?;
+        if !matches!(rejection.code, "range" | "own_origin") {
+            self.staged_held
+                .borrow_mut()
+                .observe(entry.origin, entry.seq);
+        }
         self.metrics
             .sync_rejected_total
             .with_label_values(&[peer, rejection.code])
@@ -811,7 +885,102 @@ impl Capture {
         )))
     }
 
-    fn reject_reason(&self, entry: &LogEntry) -> Option<Rejection> {
+    /// Runs quarantined entries matching `filter` through the checks and
+    /// the apply path again, in (origin, seq) order, at most `limit`, inside
+    /// the writer's open transaction (after the operator fixed the cause:
+    /// created the table, relaxed a CHECK, migrated). One that applies
+    /// moves from the quarantine to the log (it stays held, so the version
+    /// vector does not change; its change event wakes the links, which
+    /// push it to peers). One still refused stays, with its new reason and
+    /// time. A replayed entry is not counted in `outpost_sync_rejected_total`
+    /// again: it was counted when it arrived.
+    pub fn replay(
+        &self,
+        conn: &Connection,
+        filter: &super::quarantine::Filter,
+        limit: usize,
+    ) -> Result<super::quarantine::ReplayReport, CaptureError> {
+        use super::quarantine;
+        self.flush(conn)?;
+        self.staged_source.set("remote");
+        let mut report = quarantine::ReplayReport::default();
+        let entries = quarantine::to_replay(conn, filter, limit)?;
+        for (entry, peer, code) in entries {
+            report.processed += 1;
+            report.last = Some((entry.origin, entry.seq));
+            let in_log = conn
+                .prepare_cached(
+                    &self
+                        .sql
+                        .text("SELECT 1 FROM _outpost_log WHERE origin = ?1 AND seq = ?2"),
+                )?
+                .query_row([entry.origin as i64, entry.seq as i64], |_| Ok(()))
+                .optional()?
+                .is_some();
+            // In the log already (a peer sent it again once it applied):
+            // only the quarantine's copy goes. Below the compaction floor it
+            // is applied all the same: this node never merged it.
+            let verdict = if in_log {
+                Verdict::Applied
+            } else {
+                self.admit(conn, &entry)?
+            };
+            let key = params![entry.origin as i64, entry.seq as i64];
+            match verdict {
+                Verdict::Applied => {
+                    conn.prepare_cached(
+                        &self
+                            .sql
+                            .text("DELETE FROM _outpost_quarantine WHERE origin = ?1 AND seq = ?2"),
+                    )?
+                    .execute(key)?;
+                    report.replayed += 1;
+                    tracing::info!(
+                        peer,
+                        origin = entry.origin,
+                        seq = entry.seq,
+                        table = %entry.table,
+                        "replayed a quarantined change"
+                    );
+                }
+                Verdict::Refused(rejection) => {
+                    conn.prepare_cached(&self.sql.text(
+                        "UPDATE _outpost_quarantine SET code = ?3, reason = ?4, at_ms = ?5
+                         WHERE origin = ?1 AND seq = ?2",
+                    ))?
+                    .execute(params![
+                        entry.origin as i64,
+                        entry.seq as i64,
+                        rejection.code,
+                        rejection.message,
+                        Hlc::now_ms() as i64
+                    ])?;
+                    report.still_refused += 1;
+                    *report
+                        .reasons
+                        .entry(rejection.code.to_string())
+                        .or_default() += 1;
+                }
+                // Not possible for an entry that was judged once (schema
+                // versions only grow): left as it is.
+                Verdict::Deferred(_) => {
+                    report.still_refused += 1;
+                    *report.reasons.entry(code).or_default() += 1;
+                }
+            }
+        }
+        report.remaining = quarantine::count(
+            conn,
+            &quarantine::Filter {
+                after: None,
+                ..filter.clone()
+            },
+        )?;
+        Ok(report)
+    }
+
+    /// Checks that need no table: origin and seq, size, decoding.
+    fn reject_entry(&self, entry: &LogEntry) -> Option<Rejection> {
         if entry.origin == self.client {
             return Some(Rejection::new(
                 "own_origin",
@@ -831,14 +1000,26 @@ impl Capture {
                 ),
             ));
         }
+        if let Err(e) = yrs::Update::decode_v1(&entry.update) {
+            return Some(Rejection::new(
+                "decode",
+                format!("the update does not decode as a yrs update: {e}"),
+            ));
+        }
+        None
+    }
+
+    /// The row an entry or a snapshot document is for: the table is
+    /// replicated here and the key is shaped like its primary key.
+    fn reject_target(&self, table: &str, key: &str) -> Option<Rejection> {
         let tables = self.tables.borrow();
-        let Some(info) = tables.get(&entry.table) else {
+        let Some(info) = tables.get(table) else {
             return Some(Rejection::new(
                 "table",
-                format!("table {:?} is not replicated here", entry.table),
+                format!("table {table:?} is not replicated here"),
             ));
         };
-        match parse_key(&entry.key) {
+        match parse_key(key) {
             Ok(values) if values.len() == info.pk.len() => None,
             Ok(_) => Some(Rejection::new(
                 "key",
@@ -848,23 +1029,22 @@ impl Capture {
         }
     }
 
-    /// Merges, writes the row back, logs. Some(reason) rejects the entry.
+    /// Merges, checks the columns, writes the row back, logs. Err(reason)
+    /// refuses the entry (the caller's savepoint undoes what was done).
     fn apply_in_savepoint(
         &self,
         conn: &Connection,
         entry: &LogEntry,
     ) -> Result<Result<(), Rejection>, CaptureError> {
-        let merged = match self.merge_row(
-            conn,
-            &entry.table,
-            &entry.key,
-            &entry.update,
-            Some(entry.origin),
-        )? {
+        let columns = Columns::Entry {
+            origin: entry.origin,
+            same_schema: entry.schema_version == self.schema_version.get(),
+        };
+        let merged = match self.merge_row(conn, &entry.table, &entry.key, &entry.update, columns)? {
             Ok(merged) => merged,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        if merged.ignored > 0 && entry.schema_version < self.schema_version.get() {
+        if merged.ignored > 0 {
             // Written under an older schema, for columns dropped since.
             self.metrics
                 .sync_ignored_values_total
@@ -878,21 +1058,35 @@ impl Capture {
     }
 
     /// Merges `update` (an entry's update, or a whole document from a
-    /// snapshot) into the row's document and writes the row back. The row
-    /// then equals its document: nothing is left to capture for it.
-    /// `origin`: the writer of an entry's update, whose values for columns
-    /// the table lacks are counted in `Merged::ignored`.
+    /// snapshot) into the row's document, checks the columns it writes
+    /// (`columns`) and writes the row back. The row then equals its
+    /// document: nothing is left to capture for it.
     fn merge_row(
         &self,
         conn: &Connection,
         table: &str,
         key: &str,
         update: &[u8],
-        origin: Option<u64>,
+        columns: Columns,
     ) -> Result<Result<Merged, Rejection>, CaptureError> {
         let tables = self.tables.borrow();
         let info = &tables[table];
         let doc = self.load_doc(conn, table, key)?;
+        let slot_of = |origin: u64| -> Result<Slot, DocError> {
+            Ok(doc
+                .slots()?
+                .into_iter()
+                .find(|(o, _)| *o == origin)
+                .map(|(_, slot)| slot)
+                .unwrap_or_default())
+        };
+        let before = match columns {
+            Columns::Entry { origin, .. } => match slot_of(origin) {
+                Ok(slot) => Some(slot),
+                Err(e) => return Ok(Err(Rejection::new("decode", e.to_string()))),
+            },
+            Columns::Unchecked => None,
+        };
         if let Err(e) = doc.apply(update) {
             return Ok(Err(Rejection::new("decode", e.to_string())));
         }
@@ -900,6 +1094,41 @@ impl Capture {
             Ok(view) => view,
             Err(e) => return Ok(Err(Rejection::new("decode", e.to_string()))),
         };
+        // The columns the entry wrote: those its origin's slot holds now
+        // with another stamp or value than before (a slot carries the
+        // origin's earlier values along; those were judged before).
+        let mut unknown = Vec::new();
+        if let (Columns::Entry { origin, .. }, Some(before)) = (columns, &before) {
+            let after = match slot_of(origin) {
+                Ok(after) => after,
+                Err(e) => return Ok(Err(Rejection::new("decode", e.to_string()))),
+            };
+            unknown = after
+                .cols
+                .iter()
+                .filter(|(name, written)| {
+                    before.cols.get(*name) != Some(written) && !info.columns.contains(name)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+        }
+        if let (
+            Columns::Entry {
+                same_schema: true, ..
+            },
+            false,
+        ) = (columns, unknown.is_empty())
+        {
+            return Ok(Err(Rejection::new(
+                "column",
+                format!(
+                    "the entry writes column(s) {} that table {table:?} lacks, under this \
+                     node's schema version {}",
+                    unknown.join(", "),
+                    self.schema_version.get()
+                ),
+            )));
+        }
         self.hlc.borrow_mut().observe(view.max_hlc());
         let op = match self.materialize(conn, info, table, key, &view) {
             Ok(op) => op,
@@ -924,21 +1153,7 @@ impl Capture {
         } else {
             Vec::new()
         };
-        let ignored = match origin {
-            Some(origin) => doc
-                .slots()
-                .map_err(|source| CaptureError::Doc {
-                    table: table.to_string(),
-                    key: key.to_string(),
-                    source,
-                })?
-                .iter()
-                .filter(|(o, _)| *o == origin)
-                .flat_map(|(_, slot)| slot.cols.keys())
-                .filter(|column| !info.columns.contains(column))
-                .count(),
-            None => 0,
-        };
+        let ignored = unknown.len();
         Ok(Ok(Merged {
             ignored,
             doc: doc.encode(),
@@ -975,15 +1190,20 @@ impl Capture {
                 schema_version: 0,
                 update: Vec::new(),
             };
-            let rejection = match self.reject_reason(&probe) {
+            let rejection = match self.reject_target(&doc.table, &doc.key) {
                 Some(rejection) => Some(rejection),
                 None => self
                     .in_savepoint(conn, || {
-                        let merged =
-                            match self.merge_row(conn, &doc.table, &doc.key, &doc.doc, None)? {
-                                Ok(merged) => merged,
-                                Err(rejection) => return Ok(Err(rejection)),
-                            };
+                        let merged = match self.merge_row(
+                            conn,
+                            &doc.table,
+                            &doc.key,
+                            &doc.doc,
+                            Columns::Unchecked,
+                        )? {
+                            Ok(merged) => merged,
+                            Err(rejection) => return Ok(Err(rejection)),
+                        };
                         self.store_doc(conn, &doc.table, &doc.key, merged.doc)?;
                         let (origin, hlc) = merged.winner;
                         let event = LogEntry {

@@ -63,7 +63,9 @@ impl LogReader {
     /// order, at most `max_entries`, stopping once `max_bytes` of updates
     /// are collected (always at least one entry if any qualifies), and per
     /// origin stopping at the first entry from a schema newer than
-    /// `max_schema` (the peer could not apply it).
+    /// `max_schema` (the peer could not apply it) and before the first one
+    /// this node holds in quarantine: the peer would hold the entries after
+    /// it without that one, and never fetch it once it is replayed.
     pub fn read(
         &self,
         after: &VersionVector,
@@ -77,9 +79,20 @@ impl LogReader {
             "SELECT seq, hlc, tbl, pk, schema_version, \"update\" FROM _outpost_log
              WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
         )?;
+        let mut quarantined = conn.prepare_cached(
+            "SELECT min(seq) FROM _outpost_quarantine WHERE origin = ?1 AND seq > ?2 AND seq <= ?3",
+        )?;
         let mut entries = Vec::new();
         let mut bytes = 0;
         for (origin, from, to) in upto.ahead_of(after) {
+            let held: Option<i64> = quarantined.query_row(
+                rusqlite::params![origin as i64, from as i64, to as i64],
+                |r| r.get(0),
+            )?;
+            let to = held.map_or(to, |seq| seq as u64 - 1);
+            if to <= from {
+                continue;
+            }
             let left = max_entries - entries.len();
             let mut rows = stmt.query(rusqlite::params![
                 origin as i64,
@@ -111,6 +124,21 @@ impl LogReader {
             }
         }
         Ok(entries)
+    }
+
+    /// Quarantined entries matching `filter`, in (origin, seq) order, at
+    /// most `limit` (`quarantine::per_call`).
+    pub fn quarantined(
+        &self,
+        filter: &super::quarantine::Filter,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<super::quarantine::Quarantined>> {
+        super::quarantine::list(&self.conn.lock(), filter, limit)
+    }
+
+    /// How many entries the quarantine holds.
+    pub fn quarantine_count(&self) -> rusqlite::Result<u64> {
+        super::quarantine::count(&self.conn.lock(), &super::quarantine::Filter::default())
     }
 
     /// What this node's log may lack below (compacted, or covered by a

@@ -28,6 +28,7 @@ pub mod events;
 pub mod exec;
 pub mod log;
 pub mod migrate;
+pub mod quarantine;
 mod readers;
 mod writer;
 
@@ -310,6 +311,24 @@ impl Database {
                 docs,
                 done,
                 peer: peer.to_string(),
+                reply,
+            })?;
+        rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?
+    }
+
+    /// Runs quarantined entries matching `filter` through the apply path
+    /// again, at most `limit` (`quarantine::per_call`), in one transaction:
+    /// those that apply move to the log (and reach peers), the others stay.
+    pub async fn replay_quarantine(
+        &self,
+        filter: quarantine::Filter,
+        limit: usize,
+    ) -> Result<quarantine::ReplayReport, SqlError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .submit_internal(writer::InternalJob::ReplayQuarantine {
+                filter,
+                limit: limit.clamp(1, quarantine::MAX_PER_CALL),
                 reply,
             })?;
         rx.await.map_err(|_| SqlError::from(SubmitError::Closed))?

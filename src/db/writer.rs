@@ -58,6 +58,13 @@ pub enum InternalJob {
     Sweep {
         reply: oneshot::Sender<Result<usize, SqlError>>,
     },
+    /// Run quarantined entries through the apply path again (one
+    /// transaction; at most `limit`).
+    ReplayQuarantine {
+        filter: super::quarantine::Filter,
+        limit: usize,
+        reply: oneshot::Sender<Result<super::quarantine::ReplayReport, SqlError>>,
+    },
     /// Apply the pending migrations of a directory, one transaction each.
     Migrate {
         dir: std::path::PathBuf,
@@ -293,6 +300,15 @@ impl Writer {
                     self.committed();
                 }
                 let _ = reply.send(swept);
+            }
+            InternalJob::ReplayQuarantine {
+                filter,
+                limit,
+                reply,
+            } => {
+                let result =
+                    self.in_apply_transaction(|capture| capture.replay(&self.conn, &filter, limit));
+                let _ = reply.send(result);
             }
             InternalJob::Migrate { dir, reply } => {
                 let _ = reply.send(self.migrate(&dir));

@@ -277,7 +277,7 @@ struct Link {
     unacked: usize,
     reading: bool,
     /// The local vector when a read came back empty: read again only
-    /// once the log moved past it.
+    /// once the log moved past it (or changed below it: `LogAdvanced`).
     empty_at: Option<VersionVector>,
     /// Set while the peer is sent a snapshot (it was behind compaction).
     snapshot: Option<SnapshotCursor>,
@@ -802,6 +802,11 @@ impl Core {
 
     fn on_log_advanced(&mut self, vv: VersionVector) {
         self.local.merge(&vv);
+        // The log changed, maybe only below the vector (a quarantined entry
+        // was replayed into a gap a read stopped at): read again.
+        for l in self.links.values_mut() {
+            l.empty_at = None;
+        }
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
             self.pump(link);
