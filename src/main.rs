@@ -90,7 +90,9 @@ enum Command {
         /// Lifetime, e.g. 1h, 30d (default: no expiry).
         #[arg(long, value_parser = humantime::parse_duration)]
         expires: Option<Duration>,
-        /// Restrict to tables (not yet available).
+        /// Only these tables, each NAME:rw or NAME:r (NAME alone is rw),
+        /// e.g. tasks:rw,projects:r; with --read-only every one is r.
+        /// Such a token cannot change the schema.
         #[arg(long, value_delimiter = ',')]
         tables: Vec<String>,
     },
@@ -276,16 +278,18 @@ fn main() -> Result<()> {
             expires,
             tables,
         } => {
-            if !tables.is_empty() {
-                bail!("--tables (per-table permissions) is not yet available in this version");
-            }
-            let config = load_config(&common)?;
-            let access = if read_only {
+            let access = if !tables.is_empty() {
+                match auth::parse_tables(read_only, &tables) {
+                    Ok(access) => access,
+                    Err(e) => bail!("--tables: {e}"),
+                }
+            } else if read_only {
                 Access::ReadOnly
             } else {
                 Access::ReadWrite
             };
-            let token = auth::mint_token(&config.keys_dir(), access, expires)
+            let config = load_config(&common)?;
+            let token = auth::mint_token(&config.keys_dir(), &access, expires)
                 .with_context(|| "run `outpost init` first to create the node's key")?;
             println!("{token}");
             Ok(())

@@ -42,7 +42,9 @@
 //!   leak (proxy logs, browser history) than a header: prefer the header.
 //!
 //! When authentication is enabled, a valid token with read access is needed
-//! (read-only tokens suffice); otherwise 401 `AUTH_FAILED`. At most
+//! (read-only tokens suffice); otherwise 401 `AUTH_FAILED`. A token with
+//! per-table rights (a `t` claim) may follow only the tables it may read;
+//! naming another is refused with 403 `FORBIDDEN`. At most
 //! `feed.max_subscribers` subscriptions are open at once; beyond, 429
 //! `FEED_SUBSCRIBERS_EXHAUSTED`. Errors before the stream starts are HTTP
 //! responses with the usual JSON body `{"code": .., "message": ..}`.
@@ -128,11 +130,11 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// `Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
-/// Whether `access` may see the changes of `table`. Every authenticated
-/// caller may read every table today; per-table read permissions go here.
+/// Whether `access` may see the changes of `table`: with a per-table
+/// claim (`t`), only the tables it lists (read or read-write); without,
+/// every table. A subscription naming any other table is refused (403).
 pub fn may_read(access: &Access, table: &str) -> bool {
-    let _ = (access, table);
-    true
+    access.may_read(table)
 }
 
 /// `GET /v1/feed`: authenticates, validates the subscription, reserves a

@@ -96,7 +96,7 @@ pub struct StreamState {
 }
 
 /// The caller's identity and limits, fixed for one request.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Caller<'a> {
     pub app: &'a AppState,
     pub access: Access,
@@ -105,7 +105,7 @@ pub struct Caller<'a> {
 impl Caller<'_> {
     fn ctx(&self) -> ExecCtx {
         ExecCtx {
-            access: self.access,
+            access: self.access.clone(),
             max_rows: self.app.config.limits.max_response_rows,
             max_bytes: self.app.config.limits.max_response_bytes,
             timeout: self.app.config.limits.query_timeout,

@@ -202,7 +202,7 @@ async fn handle_message(
             request_id,
             request,
         } => {
-            let Some(access) = conn.access else {
+            let Some(access) = conn.access.clone() else {
                 return Err(protocol_error(
                     "a request arrived before a successful hello",
                 ));

@@ -9,16 +9,28 @@
 //!
 //! Prepared statements are cached per connection, and the authorizer does
 //! not run again for a cached statement. That is safe because every rule
-//! above is independent of who asks; the one per-client rule (read-only
-//! tokens) is checked on each execution with `sqlite3_stmt_readonly`.
+//! above is independent of who asks. The per-client rules (read-only tokens,
+//! per-table rights) are checked on each execution (`db::exec`): with
+//! `sqlite3_stmt_readonly`, and against what the statement touches
+//! ([`Touches`]). The authorizer *records* that when a client statement is
+//! compiled (its triggers, views and foreign-key actions included: SQLite
+//! codes them into the statement), and the guard keeps it per SQL text, as
+//! long as the statement cache (same bound). A statement SQLite recompiles
+//! while it runs (after a schema change) is recorded again, and the caller's
+//! table rights are enforced by the authorizer during that recompilation. A
+//! refusal based on what was remembered is confirmed against a fresh
+//! compilation first (the schema may have changed since: a trigger dropped).
 
+use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use libsql_sys::rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use libsql_sys::rusqlite::{Connection, OpenFlags};
 use parking_lot::Mutex;
 
+use crate::auth::Access;
 use crate::config::DbConfig;
 
 /// Prefix of every internal table, index and trigger.
@@ -50,8 +62,163 @@ pub enum Role {
     Reader,
 }
 
+/// SQLite's own tables that every token may read: the schema (visible to
+/// every client anyway, e.g. through `PRAGMA table_info`), AUTOINCREMENT
+/// counters and row-count estimates. Other `sqlite_*` tables (`sqlite_stat4`
+/// holds sampled key values) count as tables of their name.
+const FREE_READS: &[&str] = &[
+    "sqlite_schema",
+    "sqlite_master",
+    "sqlite_temp_schema",
+    "sqlite_temp_master",
+    "sqlite_sequence",
+    "sqlite_stat1",
+];
+
+/// One thing a statement does that table rights govern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch<'a> {
+    Read(&'a str),
+    Write(&'a str),
+    /// CREATE, DROP, ALTER, ANALYZE, REINDEX (or an action SQLite's
+    /// authorizer codes this crate does not know).
+    Schema,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE: every token may.
+    Transaction,
+}
+
+impl Touch<'_> {
+    /// What `ctx` touches, None if no right governs it: SQLite's schema
+    /// tables, and whatever outpost's own `_outpost_*` triggers do. Writes
+    /// to `sqlite_*` tables name no table: the caller checks such a
+    /// statement as one that writes outside any table.
+    fn of<'c>(ctx: &AuthContext<'c>) -> Option<Touch<'c>> {
+        if ctx.accessor.is_some_and(is_internal) {
+            return None;
+        }
+        let sqlite_table = |name: &str| {
+            name.as_bytes()
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"sqlite_"))
+        };
+        match ctx.action {
+            AuthAction::Read { table_name, .. } => FREE_READS
+                .iter()
+                .all(|free| !free.eq_ignore_ascii_case(table_name))
+                .then_some(Touch::Read(table_name)),
+            AuthAction::Insert { table_name }
+            | AuthAction::Update { table_name, .. }
+            | AuthAction::Delete { table_name } => {
+                (!sqlite_table(table_name)).then_some(Touch::Write(table_name))
+            }
+            AuthAction::CreateIndex { .. }
+            | AuthAction::CreateTable { .. }
+            | AuthAction::CreateTempIndex { .. }
+            | AuthAction::CreateTempTable { .. }
+            | AuthAction::CreateTempTrigger { .. }
+            | AuthAction::CreateTempView { .. }
+            | AuthAction::CreateTrigger { .. }
+            | AuthAction::CreateView { .. }
+            | AuthAction::DropIndex { .. }
+            | AuthAction::DropTable { .. }
+            | AuthAction::DropTempIndex { .. }
+            | AuthAction::DropTempTable { .. }
+            | AuthAction::DropTempTrigger { .. }
+            | AuthAction::DropTempView { .. }
+            | AuthAction::DropTrigger { .. }
+            | AuthAction::DropView { .. }
+            | AuthAction::AlterTable { .. }
+            | AuthAction::Reindex { .. }
+            | AuthAction::Analyze { .. }
+            | AuthAction::CreateVtable { .. }
+            | AuthAction::DropVtable { .. }
+            | AuthAction::Unknown { .. } => Some(Touch::Schema),
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
+                Some(Touch::Transaction)
+            }
+            _ => None,
+        }
+    }
+
+    /// Why `access` may not do this, if it may not (the text that follows
+    /// "not authorized: ").
+    pub fn refusal(self, access: &Access) -> Option<String> {
+        match self {
+            Touch::Read(table) if !access.may_read(table) => {
+                Some(format!("this token may not read table {table:?}"))
+            }
+            Touch::Write(table) if !access.may_write(table) => Some(if access.is_read_only() {
+                format!("this token is read-only and the statement writes table {table:?}")
+            } else {
+                format!("this token may not write table {table:?}")
+            }),
+            Touch::Schema if access.tables().is_some() => Some(
+                "the statement changes the schema (CREATE, ALTER, DROP, ANALYZE, REINDEX), \
+                 which needs a token without per-table rights (no \"t\" claim)"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// What a statement touches, as the authorizer reported it while SQLite
+/// compiled it: with what the triggers it fires, the views it reads and its
+/// foreign-key checks and actions do. Names as SQLite reported them, each
+/// once (ignoring ASCII case).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Touches {
+    /// Tables (and views) it reads.
+    pub reads: Vec<String>,
+    /// Tables (and views, through INSTEAD OF triggers) whose rows it
+    /// inserts, updates or deletes.
+    pub writes: Vec<String>,
+    /// It changes the schema.
+    pub schema: bool,
+    /// It is transaction control (`BEGIN IMMEDIATE` writes, for SQLite).
+    pub transaction: bool,
+}
+
+impl Touches {
+    fn add(&mut self, touch: Touch<'_>) {
+        let add = |list: &mut Vec<String>, name: &str| {
+            if !list.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+                list.push(name.to_string());
+            }
+        };
+        match touch {
+            Touch::Read(name) => add(&mut self.reads, name),
+            Touch::Write(name) => add(&mut self.writes, name),
+            Touch::Schema => self.schema = true,
+            Touch::Transaction => self.transaction = true,
+        }
+    }
+
+    /// The first right `access` lacks here (the schema first, then writes,
+    /// then reads), as the reason to refuse the statement.
+    pub fn refusal(&self, access: &Access) -> Option<String> {
+        if matches!(access, Access::ReadWrite) {
+            return None;
+        }
+        let schema = self.schema.then_some(Touch::Schema);
+        let writes = self.writes.iter().map(|t| Touch::Write(t));
+        let reads = self.reads.iter().map(|t| Touch::Read(t));
+        schema
+            .into_iter()
+            .chain(writes)
+            .chain(reads)
+            .find_map(|touch| touch.refusal(access))
+    }
+}
+
+/// A client statement running: a recompilation is recorded, and checked
+/// against `access` when the caller has per-table rights.
+struct Running {
+    access: Option<Access>,
+    seen: Touches,
+}
+
 /// Shared between a connection's authorizer and its owner thread.
-#[derive(Default)]
 pub struct Guard {
     internal: std::sync::atomic::AtomicBool,
     /// A migration file runs: transaction control is refused.
@@ -60,9 +227,83 @@ pub struct Guard {
     /// When the running request must stop (checked by the progress handler).
     deadline: Mutex<Option<std::time::Instant>>,
     timed_out: std::sync::atomic::AtomicBool,
+    /// Authorizer calls outside internal code: if a `prepare_cached` made
+    /// none, it hit the cache (or compiled a statement that touches nothing).
+    calls: AtomicU64,
+    /// A client statement is being compiled: what it touches.
+    recording: Mutex<Option<Touches>>,
+    /// A client statement is running (see [`Running`]).
+    running: Mutex<Option<Running>>,
+    /// What the statements compiled for clients touch, by SQL text (bounded
+    /// like the statement cache, `db.statement_cache`).
+    touches: Mutex<lru::LruCache<String, Arc<Touches>>>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard::new(DbConfig::default().statement_cache)
+    }
 }
 
 impl Guard {
+    /// A guard remembering what up to `statements` statements touch.
+    pub fn new(statements: usize) -> Guard {
+        Guard {
+            internal: Default::default(),
+            migrating: Default::default(),
+            denial: Default::default(),
+            deadline: Default::default(),
+            timed_out: Default::default(),
+            calls: AtomicU64::new(0),
+            recording: Mutex::new(None),
+            running: Mutex::new(None),
+            touches: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(statements).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// Runs `f`, which compiles a client statement, recording what the
+    /// statement touches. The touches are None if the authorizer did not
+    /// run (the statement came from the cache, or touches nothing at all).
+    pub fn recording<T>(&self, f: impl FnOnce() -> T) -> (T, Option<Touches>) {
+        let before = self.calls.load(Ordering::Relaxed);
+        *self.recording.lock() = Some(Touches::default());
+        let out = f();
+        let recorded = self.recording.lock().take();
+        let compiled = self.calls.load(Ordering::Relaxed) != before;
+        (out, recorded.filter(|_| compiled))
+    }
+
+    /// Runs `f`, which steps a client statement for a caller with `access`.
+    /// If SQLite recompiles the statement meanwhile (the schema changed since
+    /// it was compiled), the authorizer refuses what `access` may not touch,
+    /// and what the new compilation touches is returned.
+    pub fn running<T>(&self, access: &Access, f: impl FnOnce() -> T) -> (T, Option<Touches>) {
+        let before = self.calls.load(Ordering::Relaxed);
+        *self.running.lock() = Some(Running {
+            access: access.tables().is_some().then(|| access.clone()),
+            seen: Touches::default(),
+        });
+        let out = f();
+        let running = self.running.lock().take();
+        let recompiled = self.calls.load(Ordering::Relaxed) != before;
+        (out, running.map(|r| r.seen).filter(|_| recompiled))
+    }
+
+    /// What the client statement with this SQL text touches, if known.
+    pub fn touches_of(&self, sql: &str) -> Option<Arc<Touches>> {
+        self.touches.lock().get(sql).cloned()
+    }
+
+    pub fn remember_touches(&self, sql: &str, touches: Arc<Touches>) {
+        self.touches.lock().put(sql.to_string(), touches);
+    }
+
+    pub fn forget_touches(&self, sql: &str) {
+        self.touches.lock().pop(sql);
+    }
+
     /// Runs `f` with the internal tables accessible (outpost's own SQL).
     /// Nests: an inner call leaves the outer one's access on.
     pub fn internal<T>(&self, f: impl FnOnce() -> T) -> T {
@@ -113,13 +354,26 @@ impl Guard {
         if self.internal.load(std::sync::atomic::Ordering::Relaxed) {
             return Authorization::Allow;
         }
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let migrating = self.migrating.load(std::sync::atomic::Ordering::Relaxed);
-        let reason = match ctx.action {
+        let mut reason = match ctx.action {
             AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } if migrating => Some(
                 "a migration runs in one transaction of its own: BEGIN, COMMIT, ROLLBACK and SAVEPOINT are not allowed in it".into(),
             ),
             _ => deny_reason(ctx),
         };
+        if let (None, Some(touch)) = (&reason, Touch::of(ctx)) {
+            if let Some(touches) = self.recording.lock().as_mut() {
+                touches.add(touch);
+            }
+            if let Some(running) = self.running.lock().as_mut() {
+                running.seen.add(touch);
+                reason = running
+                    .access
+                    .as_ref()
+                    .and_then(|access| touch.refusal(access));
+            }
+        }
         match reason {
             None => Authorization::Allow,
             Some(reason) => {
@@ -132,7 +386,7 @@ impl Guard {
 
 fn is_internal(name: &str) -> bool {
     name.len() >= INTERNAL_PREFIX.len()
-        && name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
+        && name.as_bytes()[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX.as_bytes())
 }
 
 fn deny_reason(ctx: &AuthContext<'_>) -> Option<String> {
@@ -295,7 +549,7 @@ pub fn open(
         conn.pragma_update(None, "query_only", true)?;
     }
     conn.set_prepared_statement_cache_capacity(cfg.statement_cache);
-    let guard = Arc::new(Guard::default());
+    let guard = Arc::new(Guard::new(cfg.statement_cache));
     // The hook never panics; AssertUnwindSafe only satisfies rusqlite's bound.
     let hook_guard = std::panic::AssertUnwindSafe(Arc::clone(&guard));
     conn.authorizer(Some(move |ctx: AuthContext<'_>| hook_guard.authorize(&ctx)));
@@ -347,6 +601,27 @@ mod tests {
                 .unwrap_or_else(|| panic!("{sql}: {err}"));
             assert!(reason.contains(word), "{sql}: {reason}");
         }
+    }
+
+    #[test]
+    fn non_ascii_names_near_the_prefixes() {
+        let (_dir, conn, guard) = open_tmp();
+        // Multi-byte characters where the `_outpost_` / `sqlite_` prefixes
+        // end: no byte slicing inside a character.
+        conn.execute_batch(r#"CREATE TABLE "_outpost✓" (x); CREATE TABLE "sqlite✓" (x);"#)
+            .unwrap();
+        let access = crate::auth::parse_tables(false, &["_outpost✓:rw".into()]).unwrap();
+        let (stmt, touches) = guard.recording(|| {
+            conn.prepare(r#"SELECT * FROM "_outpost✓", "sqlite✓""#)
+                .map(drop)
+        });
+        stmt.unwrap();
+        let touches = touches.unwrap();
+        assert_eq!(touches.reads, ["_outpost✓", "sqlite✓"]);
+        assert_eq!(
+            touches.refusal(&access).unwrap(),
+            "this token may not read table \"sqlite✓\""
+        );
     }
 
     #[test]

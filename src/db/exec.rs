@@ -2,6 +2,7 @@
 //! connection. Pure functions of (connection, request) → result: the writer
 //! and the readers both call them, on their own threads.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,12 +15,12 @@ use libsql_sys::rusqlite::{self, Connection, Statement};
 
 use super::capture::Capture;
 use super::classify::CapturePoint;
-use super::conn::{Guard, Role};
+use super::conn::{Guard, Role, Touches};
 use crate::auth::Access;
 use crate::error::SqlError;
 
 /// Per-request bounds and rights, carried by every job.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ExecCtx {
     pub access: Access,
     pub max_rows: usize,
@@ -105,13 +106,19 @@ impl Session<'_> {
             WorkItem::Batch(batch) => self.batch(batch, ctx).map(WorkOutput::Batch),
             WorkItem::Sequence(sql) => self.sequence(sql, ctx).map(|()| WorkOutput::Sequence),
             WorkItem::Describe(sql) => self
-                .describe(sql)
+                .describe(sql, ctx)
                 .map(WorkOutput::Describe)
                 .map_err(Into::into),
         }
     }
 
-    fn prepare(&self, sql: &str) -> Result<rusqlite::CachedStatement<'_>, SqlError> {
+    /// Prepares (cached) a client statement, with what it touches: recorded
+    /// by the authorizer if SQLite compiled it now, else remembered from
+    /// when it did. Rights are checked against these on every execution.
+    fn prepare(
+        &self,
+        sql: &str,
+    ) -> Result<(rusqlite::CachedStatement<'_>, Arc<Touches>), SqlError> {
         self.guard.take_denial();
         check_rename(sql, false)?;
         if may_hold_several_statements(sql) && self.count_statements(sql)? > 1 {
@@ -120,9 +127,68 @@ impl Session<'_> {
                 "SQL string contains more than one statement; use a batch or a sequence",
             ));
         }
-        self.conn
-            .prepare_cached(sql)
-            .map_err(|e| self.prepare_error(e))
+        let (prepared, recorded) = self.guard.recording(|| self.conn.prepare_cached(sql));
+        let prepared = prepared.map_err(|e| self.prepare_error(e))?;
+        if let Some(touches) = recorded {
+            let touches = Arc::new(touches);
+            self.guard.remember_touches(sql, Arc::clone(&touches));
+            return Ok((prepared, touches));
+        }
+        if let Some(touches) = self.guard.touches_of(sql) {
+            return Ok((prepared, touches));
+        }
+        // From the statement cache, but what it touches is not known (the
+        // side cache dropped it, internal code compiled it first, or it
+        // touches nothing): compile it once more, uncached, to learn it.
+        let (fresh, recorded) = self.guard.recording(|| self.conn.prepare(sql).map(drop));
+        fresh.map_err(|e| self.prepare_error(e))?;
+        let touches = Arc::new(recorded.unwrap_or_default());
+        self.guard.remember_touches(sql, Arc::clone(&touches));
+        Ok((prepared, touches))
+    }
+
+    /// Compiles `sql` again, uncached, against the current schema (loaded
+    /// first, in case another connection changed it), and remembers what
+    /// it touches.
+    fn relearn(&self, sql: &str) -> Result<Arc<Touches>, SqlError> {
+        self.guard
+            .internal(|| {
+                let mut check = self.conn.prepare("SELECT 1 FROM sqlite_schema LIMIT 1")?;
+                let mut rows = check.raw_query();
+                rows.next().map(drop)
+            })
+            .map_err(SqlError::from)?;
+        let (fresh, recorded) = self.guard.recording(|| self.conn.prepare(sql).map(drop));
+        fresh.map_err(|e| self.prepare_error(e))?;
+        let touches = Arc::new(recorded.unwrap_or_default());
+        self.guard.remember_touches(sql, Arc::clone(&touches));
+        Ok(touches)
+    }
+
+    /// Steps a client statement: if SQLite recompiles it meanwhile (the
+    /// schema changed), the authorizer enforces the caller's table rights
+    /// on the new compilation, and what it touches replaces what was
+    /// remembered for `sql` (None: not remembered, a sequence's statement).
+    fn step<T>(
+        &self,
+        sql: Option<&str>,
+        ctx: &ExecCtx,
+        run: impl FnOnce() -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
+        let (output, recompiled) = self.guard.running(&ctx.access, run);
+        if let (Some(sql), Some(touches)) = (sql, recompiled) {
+            match &output {
+                Ok(_) => self.guard.remember_touches(sql, Arc::new(touches)),
+                Err(_) => self.guard.forget_touches(sql),
+            }
+        }
+        output.map_err(|e| match self.guard.take_denial() {
+            Some(reason) if e.code == "SQLITE_AUTH" => SqlError::new(
+                "SQLITE_AUTH",
+                format!("SQLite error: not authorized: {reason}"),
+            ),
+            _ => e,
+        })
     }
 
     fn prepare_error(&self, err: rusqlite::Error) -> SqlError {
@@ -165,6 +231,7 @@ impl Session<'_> {
         &self,
         sql: &str,
         stmt: &Statement<'_>,
+        touches: &Touches,
         ctx: &ExecCtx,
     ) -> Result<(), ExecError> {
         // A savepoint lives on its connection: one opened on a reader would
@@ -175,15 +242,10 @@ impl Session<'_> {
         {
             return Err(ExecError::NeedsWriter);
         }
-        if stmt.readonly() {
+        let readonly = stmt.readonly();
+        check_rights(&ctx.access, touches, readonly)?;
+        if readonly {
             return Ok(());
-        }
-        if ctx.access == Access::ReadOnly {
-            return Err(SqlError::new(
-                "SQLITE_AUTH",
-                "SQLite error: not authorized: this token is read-only and the statement writes",
-            )
-            .into());
         }
         if self.role == Role::Reader {
             return Err(ExecError::NeedsWriter);
@@ -197,17 +259,32 @@ impl Session<'_> {
             .sql
             .as_deref()
             .ok_or_else(|| SqlError::new("SQL_NOT_FOUND", "The statement has no SQL text"))?;
-        let mut prepared = self.prepare(sql)?;
-        self.check_allowed(sql, &prepared, ctx)?;
+        let (mut prepared, touches) = self.prepare(sql)?;
+        if let Err(refused) = self.check_allowed(sql, &prepared, &touches, ctx) {
+            // What a cached statement touches may be stale: the schema
+            // changed since it was compiled (a trigger dropped). Learn it
+            // again before refusing; running it is checked anyway.
+            let stale = matches!(&refused, ExecError::Sql(e) if e.code == "SQLITE_AUTH")
+                && ctx.access.tables().is_some();
+            if !stale {
+                return Err(refused);
+            }
+            let fresh = self.relearn(sql)?;
+            if *fresh == *touches {
+                return Err(refused);
+            }
+            self.check_allowed(sql, &prepared, &fresh, ctx)?;
+        }
         bind_args(&mut prepared, stmt)?;
         let readonly = prepared.readonly();
         self.captured(sql, readonly, || {
-            self.run_prepared(prepared, stmt.want_rows.unwrap_or(true), ctx, started)
+            self.run_prepared(sql, prepared, stmt.want_rows.unwrap_or(true), ctx, started)
         })
     }
 
     fn run_prepared(
         &self,
+        sql: &str,
         mut prepared: rusqlite::CachedStatement<'_>,
         want_rows: bool,
         ctx: &ExecCtx,
@@ -215,7 +292,9 @@ impl Session<'_> {
     ) -> Result<StmtResult, ExecError> {
         let readonly = prepared.readonly();
         let total_before = total_changes(self.conn);
-        let rows = collect_rows(&mut prepared, want_rows, ctx)?;
+        let rows = self.step(Some(sql), ctx, || {
+            collect_rows(&mut prepared, want_rows, ctx)
+        })?;
         // Read after running: if the schema changed since the statement was
         // prepared (a migration, another connection's DDL), SQLite prepared
         // it again at its first step, and only now has its columns.
@@ -312,7 +391,7 @@ impl Session<'_> {
         let mut step_results: Vec<Option<StmtResult>> = Vec::with_capacity(batch.steps.len());
         let mut step_errors: Vec<Option<libsql_hrana::proto::Error>> =
             Vec::with_capacity(batch.steps.len());
-        let mut budget = *ctx;
+        let mut budget = ctx.clone();
         for step in &batch.steps {
             let run = match &step.condition {
                 None => true,
@@ -352,23 +431,52 @@ impl Session<'_> {
         check_rename(sql, true)?;
         let mut batch = rusqlite::Batch::new(self.conn, sql);
         loop {
-            let next = batch.next().map_err(|e| self.prepare_error(e))?;
+            // Each statement is compiled (never cached) just before it runs,
+            // so the authorizer reports what it touches every time.
+            let (next, recorded) = self.guard.recording(|| batch.next());
+            let next = next.map_err(|e| self.prepare_error(e))?;
             let Some(mut stmt) = next else {
                 return Ok(());
             };
+            let touches = recorded.unwrap_or_default();
             let text = stmt.expanded_sql().unwrap_or_default();
-            self.check_allowed(&text, &stmt, ctx)?;
+            self.check_allowed(&text, &stmt, &touches, ctx)?;
             let readonly = stmt.readonly();
             self.captured(&text, readonly, || {
-                let mut rows = stmt.raw_query();
-                while rows.next().map_err(SqlError::from)?.is_some() {}
-                Ok(())
+                self.step(None, ctx, || {
+                    let mut rows = stmt.raw_query();
+                    while rows.next().map_err(SqlError::from)?.is_some() {}
+                    Ok(())
+                })
+                .map_err(ExecError::from)
             })?;
         }
     }
 
-    pub fn describe(&self, sql: &str) -> Result<DescribeResult, SqlError> {
-        let stmt = self.prepare(sql)?;
+    /// Describes a statement without running it. With per-table rights,
+    /// the caller must be able to read every table it touches (its columns
+    /// and parameters are what describe reveals).
+    pub fn describe(&self, sql: &str, ctx: &ExecCtx) -> Result<DescribeResult, SqlError> {
+        let (stmt, touches) = self.prepare(sql)?;
+        if ctx.access.tables().is_some() {
+            let refusal = |touches: &Touches| {
+                touches
+                    .writes
+                    .iter()
+                    .chain(&touches.reads)
+                    .find_map(|t| super::conn::Touch::Read(t).refusal(&ctx.access))
+            };
+            let mut reason = refusal(&touches);
+            if reason.is_some() {
+                reason = refusal(&*self.relearn(sql)?);
+            }
+            if let Some(reason) = reason {
+                return Err(SqlError::new(
+                    "SQLITE_AUTH",
+                    format!("SQLite error: not authorized: {reason}"),
+                ));
+            }
+        }
         let params = (1..=stmt.parameter_count())
             .map(|i| DescribeParam {
                 name: stmt.parameter_name(i).map(str::to_string),
@@ -388,6 +496,40 @@ impl Session<'_> {
             is_explain: stmt.is_explain() != 0,
             is_readonly: stmt.readonly(),
         })
+    }
+}
+
+/// The caller's rights against what a statement touches, checked on every
+/// execution (a cached statement skips the authorizer, see `db::conn`).
+fn check_rights(access: &Access, touches: &Touches, readonly: bool) -> Result<(), SqlError> {
+    let refuse = |reason: &str| {
+        Err(SqlError::new(
+            "SQLITE_AUTH",
+            format!("SQLite error: not authorized: {reason}"),
+        ))
+    };
+    const READ_ONLY: &str = "this token is read-only and the statement writes";
+    match access {
+        Access::ReadWrite => Ok(()),
+        Access::ReadOnly if readonly => Ok(()),
+        Access::ReadOnly => refuse(READ_ONLY),
+        Access::Tables(rights) => {
+            if let Some(reason) = touches.refusal(access) {
+                return refuse(&reason);
+            }
+            if readonly {
+                Ok(())
+            } else if rights.is_read_only() {
+                refuse(READ_ONLY)
+            } else if touches.writes.is_empty() && !touches.schema && !touches.transaction {
+                refuse(
+                    "the statement writes outside any table (PRAGMA, VACUUM, sqlite_* tables), \
+                     which needs a token without per-table rights (no \"t\" claim)",
+                )
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 
@@ -640,4 +782,298 @@ pub fn validate_batch(batch: &Batch, max_steps: usize) -> Result<(), SqlError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::*;
+    use crate::config::DbConfig;
+    use crate::db::conn::{self, Role};
+
+    struct Db {
+        _dir: tempfile::TempDir,
+        conn: Connection,
+        guard: Arc<Guard>,
+    }
+
+    fn open(statement_cache: usize) -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DbConfig {
+            statement_cache,
+            ..DbConfig::default()
+        };
+        let (conn, guard) = conn::open(&dir.path().join("t.db"), Role::Writer, &cfg).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE projects (id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE tasks (id INTEGER PRIMARY KEY, project REFERENCES projects(id) ON DELETE CASCADE, title TEXT);
+             CREATE TABLE secrets (id INTEGER PRIMARY KEY, s TEXT);
+             INSERT INTO projects VALUES (1, 'p');
+             INSERT INTO secrets VALUES (1, 'hidden');",
+        )
+        .unwrap();
+        Db {
+            _dir: dir,
+            conn,
+            guard,
+        }
+    }
+
+    fn tables(specs: &str) -> Access {
+        let specs: Vec<String> = specs.split(',').map(str::to_string).collect();
+        crate::auth::parse_tables(false, &specs).unwrap()
+    }
+
+    impl Db {
+        fn session(&self) -> Session<'_> {
+            Session {
+                conn: &self.conn,
+                guard: &self.guard,
+                role: Role::Writer,
+                grouped: false,
+                capture: None,
+            }
+        }
+
+        fn ctx(access: &Access) -> ExecCtx {
+            ExecCtx {
+                access: access.clone(),
+                max_rows: 1000,
+                max_bytes: 1 << 20,
+                timeout: std::time::Duration::from_secs(10),
+            }
+        }
+
+        fn run(&self, access: &Access, item: WorkItem) -> Result<WorkOutput, String> {
+            self.session()
+                .run(&item, &Self::ctx(access))
+                .map_err(|e| match e {
+                    ExecError::Sql(e) => {
+                        assert_eq!(e.code, "SQLITE_AUTH", "{}", e.message);
+                        e.message
+                    }
+                    ExecError::NeedsWriter => "needs writer".into(),
+                })
+        }
+
+        fn exec(&self, access: &Access, sql: &str) -> Result<(), String> {
+            self.run(access, WorkItem::Execute(Stmt::new(sql, true)))
+                .map(drop)
+        }
+    }
+
+    #[test]
+    fn reads_and_writes_per_table() {
+        let db = open(16);
+        let t = tables("tasks:rw,projects:r");
+        db.exec(&t, "INSERT INTO tasks (project, title) VALUES (1, 'a')")
+            .unwrap();
+        db.exec(
+            &t,
+            "SELECT * FROM tasks JOIN projects ON projects.id = tasks.project",
+        )
+        .unwrap();
+        let err = db.exec(&t, "UPDATE projects SET name = 'x'").unwrap_err();
+        assert_eq!(
+            err,
+            "SQLite error: not authorized: this token may not write table \"projects\""
+        );
+        let err = db.exec(&t, "SELECT count(*) FROM secrets").unwrap_err();
+        assert!(err.ends_with("may not read table \"secrets\""), "{err}");
+        // A foreign-key cascade writes the child table.
+        let p = tables("projects:rw");
+        let err = db
+            .exec(&p, "DELETE FROM projects WHERE id = 1")
+            .unwrap_err();
+        assert!(err.contains("may not write table \"tasks\""), "{err}");
+        // Schema tables stay readable, other sqlite_* writes need full rights.
+        db.exec(&t, "SELECT name FROM sqlite_schema").unwrap();
+        let err = db.exec(&t, "PRAGMA user_version = 7").unwrap_err();
+        assert!(err.contains("writes outside any table"), "{err}");
+        let err = db.exec(&t, "CREATE TABLE x (a)").unwrap_err();
+        assert!(err.contains("changes the schema"), "{err}");
+        // Transactions are for everyone.
+        db.exec(&t, "BEGIN IMMEDIATE").unwrap();
+        db.exec(&t, "INSERT INTO tasks (project, title) VALUES (1, 'b')")
+            .unwrap();
+        db.exec(&t, "COMMIT").unwrap();
+        // Read-only cap: every write refused, reads allowed.
+        let ro = crate::auth::parse_tables(true, &["tasks:rw".into()]).unwrap();
+        db.exec(&ro, "SELECT * FROM tasks").unwrap();
+        let err = db.exec(&ro, "DELETE FROM tasks").unwrap_err();
+        assert!(err.contains("read-only"), "{err}");
+        let err = db.exec(&ro, "BEGIN IMMEDIATE").unwrap_err();
+        assert!(err.contains("read-only"), "{err}");
+    }
+
+    #[test]
+    fn triggers_and_views_count() {
+        let db = open(16);
+        db.exec(
+            &Access::ReadWrite,
+            "CREATE TRIGGER leak AFTER INSERT ON tasks BEGIN INSERT INTO secrets (s) VALUES (new.title); END",
+        )
+        .unwrap();
+        db.exec(
+            &Access::ReadWrite,
+            "CREATE VIEW open_secrets AS SELECT s FROM secrets",
+        )
+        .unwrap();
+        let t = tables("tasks:rw,projects:r,open_secrets:r");
+        let err = db
+            .exec(&t, "INSERT INTO tasks (project, title) VALUES (1, 'a')")
+            .unwrap_err();
+        assert!(err.contains("may not write table \"secrets\""), "{err}");
+        let err = db.exec(&t, "SELECT * FROM open_secrets").unwrap_err();
+        assert!(err.contains("may not read table \"secrets\""), "{err}");
+        let all = tables("tasks:rw,projects:r,secrets:rw,open_secrets:r");
+        db.exec(&all, "INSERT INTO tasks (project, title) VALUES (1, 'a')")
+            .unwrap();
+        db.exec(&all, "SELECT * FROM open_secrets").unwrap();
+    }
+
+    #[test]
+    fn the_statement_cache_does_not_carry_rights() {
+        let db = open(16);
+        let t = tables("tasks:rw");
+        let sql = "SELECT * FROM secrets";
+        db.exec(&Access::ReadWrite, sql).unwrap();
+        assert!(db.exec(&t, sql).is_err(), "cached after a full token");
+        db.exec(&Access::ReadWrite, sql).unwrap();
+        let insert = "INSERT INTO secrets (s) VALUES ('x')";
+        assert!(db.exec(&t, insert).is_err());
+        db.exec(&Access::ReadWrite, insert).unwrap();
+        assert!(db.exec(&t, insert).is_err());
+
+        // Compiled (and cached) first by internal code: learnt anyway.
+        let internal = "SELECT s FROM secrets WHERE id = 1";
+        db.guard.internal(|| {
+            db.conn
+                .prepare_cached(internal)
+                .unwrap()
+                .raw_query()
+                .next()
+                .unwrap();
+        });
+        assert!(db.exec(&t, internal).is_err());
+
+        // A tiny cache: statements evicted and compiled again stay checked.
+        let db = open(1);
+        for _ in 0..3 {
+            for sql in ["SELECT * FROM tasks", "SELECT * FROM secrets", insert] {
+                let allowed = sql == "SELECT * FROM tasks";
+                assert_eq!(db.exec(&t, sql).is_ok(), allowed, "{sql}");
+                db.exec(&Access::ReadWrite, sql).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_schema_change_under_a_cached_statement_is_checked() {
+        let db = open(16);
+        let t = tables("tasks:rw,projects:r");
+        let first = "INSERT INTO tasks (project, title) VALUES (1, 'a')";
+        let second = "INSERT INTO tasks (project, title) VALUES (1, 'b')";
+        db.exec(&t, first).unwrap();
+        db.exec(&t, second).unwrap();
+        // The cached statements now fire a trigger writing another table.
+        db.exec(
+            &Access::ReadWrite,
+            "CREATE TRIGGER leak AFTER INSERT ON tasks BEGIN INSERT INTO secrets (s) VALUES (new.title); END",
+        )
+        .unwrap();
+        // Recompiled while the restricted token runs it: refused then.
+        let err = db.exec(&t, first).unwrap_err();
+        assert!(err.contains("may not write table \"secrets\""), "{err}");
+        db.exec(&Access::ReadWrite, first).unwrap();
+        let err = db.exec(&t, first).unwrap_err();
+        assert!(err.contains("may not write table \"secrets\""), "{err}");
+        // Recompiled while a full token runs it: what it touches now is
+        // remembered, and the restricted token is refused before it runs.
+        db.exec(&Access::ReadWrite, second).unwrap();
+        let err = db.exec(&t, second).unwrap_err();
+        assert!(err.contains("may not write table \"secrets\""), "{err}");
+        let secrets = |db: &Db| -> i64 {
+            db.conn
+                .query_row("SELECT count(*) FROM secrets", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            secrets(&db),
+            3,
+            "only the full token's inserts fired the trigger"
+        );
+        // Without the trigger, the statements are allowed again.
+        db.exec(&Access::ReadWrite, "DROP TRIGGER leak").unwrap();
+        db.exec(&t, first).unwrap();
+        db.exec(&t, second).unwrap();
+        assert_eq!(secrets(&db), 3);
+
+        // The same through another connection (as the writer's changes
+        // reach the readers).
+        let other = Connection::open(db.conn.path().unwrap()).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER leak2 AFTER INSERT ON tasks BEGIN DELETE FROM secrets; END",
+            )
+            .unwrap();
+        let err = db.exec(&t, first).unwrap_err();
+        assert!(err.contains("may not write table \"secrets\""), "{err}");
+        db.exec(&Access::ReadWrite, second).unwrap();
+        assert_eq!(secrets(&db), 0);
+        let err = db.exec(&t, second).unwrap_err();
+        assert!(err.contains("may not write table \"secrets\""), "{err}");
+        other.execute_batch("DROP TRIGGER leak2").unwrap();
+        db.exec(&t, second).unwrap();
+        db.exec(&t, first).unwrap();
+
+        let view = "SELECT * FROM tasks";
+        db.exec(&t, view).unwrap();
+        other
+            .execute_batch("DROP TABLE tasks; CREATE VIEW tasks AS SELECT s AS title FROM secrets")
+            .unwrap();
+        let err = db.exec(&t, view).unwrap_err();
+        assert!(err.contains("may not read table \"secrets\""), "{err}");
+    }
+
+    #[test]
+    fn sequences_batches_and_describe_check_every_statement() {
+        let db = open(16);
+        let t = tables("tasks:rw,projects:r");
+        let err = db
+            .run(
+                &t,
+                WorkItem::Sequence(
+                    "INSERT INTO tasks (project, title) VALUES (1, 'a'); DELETE FROM secrets;"
+                        .into(),
+                ),
+            )
+            .unwrap_err();
+        assert!(err.contains("may not write table \"secrets\""), "{err}");
+        let n: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM secrets", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+
+        let batch: Batch = serde_json::from_value(serde_json::json!({"steps": [
+            {"stmt": {"sql": "SELECT * FROM tasks"}},
+            {"stmt": {"sql": "SELECT * FROM secrets"}},
+        ]}))
+        .unwrap();
+        let WorkOutput::Batch(result) = db.run(&t, WorkItem::Batch(batch)).unwrap() else {
+            panic!("not a batch result");
+        };
+        assert!(result.step_results[0].is_some());
+        let error = result.step_errors[1].as_ref().expect("step 1 refused");
+        assert_eq!(error.code, "SQLITE_AUTH");
+
+        assert!(db
+            .run(&t, WorkItem::Describe("SELECT * FROM tasks".into()))
+            .is_ok());
+        let err = db
+            .run(&t, WorkItem::Describe("SELECT * FROM secrets".into()))
+            .unwrap_err();
+        assert!(err.contains("may not read table \"secrets\""), "{err}");
+    }
 }

@@ -246,7 +246,7 @@ impl Database {
         }
         let route = route_of(&item);
         if route == Route::Reader {
-            let reply = self.readers.submit(item.clone(), ctx).await?;
+            let reply = self.readers.submit(item.clone(), ctx.clone()).await?;
             if !matches!(reply.output, Err(ExecError::NeedsWriter)) {
                 return Ok(reply);
             }
@@ -265,7 +265,7 @@ impl Database {
         let LeaseKind::Reader { snapshot } = lease.kind else {
             return submit_via_lease(lease, item, ctx).await;
         };
-        let reply = submit_via_lease(lease, item.clone(), ctx).await?;
+        let reply = submit_via_lease(lease, item.clone(), ctx.clone()).await?;
         if !matches!(reply.output, Err(ExecError::NeedsWriter)) {
             return Ok(reply);
         }
