@@ -46,13 +46,7 @@ impl RateLimiter {
     pub fn take(&self, key: u64, cost: f64, now: Instant) -> Result<(), Duration> {
         let cost = cost.clamp(0.0, self.burst);
         let mut buckets = self.buckets.lock();
-        let bucket = buckets.get_or_insert_mut(key, || Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-        bucket.at = now;
+        let bucket = self.refilled(&mut buckets, key, now);
         if bucket.tokens >= cost {
             bucket.tokens -= cost;
             Ok(())
@@ -85,6 +79,17 @@ impl RateLimiter {
     /// outcome tells whether a request counts (an authenticated one does).
     pub fn charge(&self, key: u64, cost: f64, now: Instant) {
         let mut buckets = self.buckets.lock();
+        let bucket = self.refilled(&mut buckets, key, now);
+        bucket.tokens = (bucket.tokens - cost).max(-self.burst);
+    }
+
+    /// `key`'s bucket (created full if new), refilled up to `now`.
+    fn refilled<'a>(
+        &self,
+        buckets: &'a mut lru::LruCache<u64, Bucket>,
+        key: u64,
+        now: Instant,
+    ) -> &'a mut Bucket {
         let bucket = buckets.get_or_insert_mut(key, || Bucket {
             tokens: self.burst,
             at: now,
@@ -92,7 +97,7 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
         bucket.at = now;
-        bucket.tokens = (bucket.tokens - cost).max(-self.burst);
+        bucket
     }
 
     /// Takes `cost` tokens, waiting as long as it takes (backpressure).
