@@ -4,6 +4,7 @@
 //! `config/outpost.toml` documents every key with its default; the test
 //! `config_file_matches_defaults` keeps the two from drifting apart.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -196,10 +197,73 @@ pub struct SyncConfig {
     pub peer_entries_per_second: u64,
     /// Most update bytes applied per second from one peer (0: no limit).
     pub peer_bytes_per_second: u64,
+    /// Node ids no longer trusted: their links are refused and every entry
+    /// signed by one of their keys is quarantined (`revoked`), also when
+    /// another node relays it.
+    pub revoked_nodes: Vec<String>,
+    /// Key ids (16 hex digits, `outpost status` shows them) whose
+    /// signatures are refused: one key of a node, e.g. after a rotation
+    /// because the old key leaked.
+    pub revoked_keys: Vec<String>,
+    /// This node is a partial replica: its peers may withhold entries its
+    /// rules there do not allow it (it logs a placeholder for each). It
+    /// then never relays past a placeholder to a full replica.
+    pub partial: bool,
+    /// What may flow to and from each peer, by node id (`"*"`: every peer
+    /// not named). Unlisted peers exchange everything.
+    pub rules: BTreeMap<String, PeerRules>,
 }
+
+/// What may flow between this node and one peer (`sync.rules.<node id>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerRules {
+    /// Tables this node sends to the peer (unset: every replicated table).
+    pub send_tables: Option<Vec<String>>,
+    /// Tables the peer may send to this node (unset: every one).
+    pub accept_tables: Option<Vec<String>>,
+    /// Per table, an SQL expression over the row's columns
+    /// (`tenant_id = 'acme'`): rows are sent to the peer, and accepted
+    /// from it, only where it is true (before and after the change).
+    pub filters: BTreeMap<String, String>,
+}
+
+impl PeerRules {
+    /// Whether rows of `table` may be sent to the peer (the filter aside).
+    pub fn sends(&self, table: &str) -> bool {
+        self.send_tables
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n == table))
+    }
+
+    /// Whether rows of `table` are accepted from the peer (the filter aside).
+    pub fn accepts(&self, table: &str) -> bool {
+        self.accept_tables
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n == table))
+    }
+
+    /// Whether the peer gets less than everything (it must be partial).
+    pub fn restricts_sending(&self) -> bool {
+        self.send_tables.is_some() || !self.filters.is_empty()
+    }
+
+    /// Whether the peer may send less than everything.
+    pub fn restricts_accepting(&self) -> bool {
+        self.accept_tables.is_some() || !self.filters.is_empty()
+    }
+}
+
+/// Longest row filter expression accepted.
+pub const MAX_FILTER_CHARS: usize = 4096;
 
 impl SyncConfig {
     /// The CA certificate, node certificate and key in force.
+    /// The rules for a peer: its own, else `"*"`'s, else none.
+    pub fn rules_for(&self, node_id: &str) -> Option<&PeerRules> {
+        self.rules.get(node_id).or_else(|| self.rules.get("*"))
+    }
+
     pub fn tls_paths(&self, data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         let dir = data_dir.join("tls");
         (
@@ -231,6 +295,10 @@ impl Default for SyncConfig {
             peer_retention: Duration::from_secs(7 * 24 * 3600),
             peer_entries_per_second: 0,
             peer_bytes_per_second: 0,
+            revoked_nodes: Vec::new(),
+            revoked_keys: Vec::new(),
+            partial: false,
+            rules: BTreeMap::new(),
         }
     }
 }
@@ -539,6 +607,20 @@ impl Config {
         }
         if self.limits.stream_idle_timeout.is_zero() {
             return invalid("limits.stream_idle_timeout must be greater than 0".into());
+        }
+        for (node, rules) in &self.sync.rules {
+            for (table, filter) in &rules.filters {
+                if filter.trim().is_empty() || filter.chars().count() > MAX_FILTER_CHARS {
+                    return invalid(format!(
+                        "sync.rules.{node}.filters.{table}: an SQL expression of 1 to {MAX_FILTER_CHARS} characters"
+                    ));
+                }
+                if filter.contains(';') {
+                    return invalid(format!(
+                        "sync.rules.{node}.filters.{table}: one expression, no ';'"
+                    ));
+                }
+            }
         }
         for (name, addr) in [
             ("api.listen", &self.api.listen),

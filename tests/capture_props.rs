@@ -983,6 +983,7 @@ fn read_log(path: &Path) -> Vec<LogEntry> {
             key: r.get(4)?,
             schema_version: r.get(5)?,
             update: r.get(6)?,
+            ..LogEntry::default()
         })
     })
     .unwrap()

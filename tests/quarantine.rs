@@ -115,6 +115,7 @@ impl Node {
                 key: r.get(4)?,
                 schema_version: r.get(5)?,
                 update: r.get(6)?,
+                ..LogEntry::default()
             })
         })
         .unwrap()
@@ -368,7 +369,7 @@ fn replay_applies_what_now_passes_and_a_node_relays_no_origin_past_its_quarantin
         let after = VersionVector(std::iter::once((origin, from)).collect());
         let upto = b.db.events().log_vector();
         b.db.log()
-            .read(&after, &upto, 100, 1 << 20, i64::MAX)
+            .read(&after, &upto, 100, 1 << 20, i64::MAX, &Default::default())
             .unwrap()
             .iter()
             .map(|e| e.seq)

@@ -727,6 +727,7 @@ impl Sim {
                 docs.len(),
                 done.as_ref().map_or("-".into(), |d| self.vv_str(d))
             ),
+            Msg::Keys(certs) => format!("Keys({})", certs.len()),
         }
     }
 
@@ -777,6 +778,7 @@ impl Sim {
             origin: node.origin,
             schema_version: node.ident_schema,
             schema_hash: node.ident_hash.clone(),
+            partial: false,
         }
     }
 
@@ -1279,6 +1281,7 @@ impl Sim {
                 key,
                 schema_version: store.schema,
                 update,
+                ..LogEntry::default()
             };
             wrote.push(format!("{}/{}#{seq}", entry.table, entry.key));
             store.log.insert((store.origin, seq), entry);
@@ -2104,6 +2107,7 @@ fn a_silent_peer_is_closed_and_reconnects_with_doubling_backoff() {
         origin: 1,
         schema_version: 1,
         schema_hash: "h".into(),
+        partial: false,
     };
     let mut core = Core::new(config.clone(), me, VersionVector::new(), 1, 0);
     let connects = |outs: &[Output]| {
@@ -2140,6 +2144,7 @@ fn a_silent_peer_is_closed_and_reconnects_with_doubling_backoff() {
         schema_version: 1,
         schema_hash: "h".into(),
         have: VersionVector::new(),
+        partial: false,
     };
     core.handle(
         t + 5,

@@ -85,7 +85,11 @@ impl From<CaptureError> for SqlError {
 }
 
 /// One entry of the change log, as replication moves it between nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// An entry with an empty update is a *placeholder*: it stands for an entry
+/// a peer's rules withheld from this node (partial replication), keeping
+/// the log dense; it names nothing and changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogEntry {
     pub origin: u64,
     pub seq: u64,
@@ -94,9 +98,28 @@ pub struct LogEntry {
     pub key: String,
     pub schema_version: i64,
     pub update: Vec<u8>,
+    /// The key that signed the entry (`sync::keys::key_id`; 0: unsigned).
+    pub key_id: u64,
+    /// The origin's Ed25519 signature over the entry (`sync::keys`).
+    pub signature: Vec<u8>,
 }
 
 impl LogEntry {
+    /// The placeholder standing for `self` (see [`LogEntry`]).
+    pub fn placeholder(&self) -> LogEntry {
+        LogEntry {
+            origin: self.origin,
+            seq: self.seq,
+            hlc: self.hlc,
+            schema_version: self.schema_version,
+            ..LogEntry::default()
+        }
+    }
+
+    pub fn is_placeholder(&self) -> bool {
+        self.update.is_empty()
+    }
+
     /// The bytes an entry weighs against `crdt.max_update_bytes` and the
     /// sync batch budget: its update plus its table name and key.
     pub fn size(&self) -> usize {
@@ -126,13 +149,19 @@ struct Merged {
 
 /// Whether [`Capture::merge_row`] checks the columns an update writes.
 #[derive(Debug, Clone, Copy)]
-enum Columns {
-    /// A snapshot's whole document: not checked.
-    Unchecked,
+enum Columns<'a> {
+    /// A snapshot's whole document: columns not checked; `filter` as below.
+    Unchecked { filter: Option<&'a str> },
     /// An entry's update by `origin`. `same_schema`: written under this
     /// node's schema version, so a column the table lacks is refused
     /// (`column`); written under an older one, it is ignored and counted.
-    Entry { origin: u64, same_schema: bool },
+    /// `filter`: the sending peer's row filter, which the row must pass
+    /// before and after the change.
+    Entry {
+        origin: u64,
+        same_schema: bool,
+        filter: Option<&'a str>,
+    },
 }
 
 /// What the checks of one remote entry decided ([`Capture::admit`]).
@@ -217,8 +246,25 @@ pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
              seen_ms INTEGER NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS _outpost_tables (
              tbl TEXT PRIMARY KEY, sql TEXT NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS _outpost_keys (
+             key_id INTEGER PRIMARY KEY, node_id TEXT NOT NULL, cert BLOB NOT NULL);
          INSERT OR IGNORE INTO _outpost_meta VALUES ('schema_version', 0);",
-    )
+    )?;
+    // Signatures (issue 6) came after the first data dirs: add their columns.
+    for table in ["_outpost_log", "_outpost_quarantine"] {
+        let has: bool = conn.query_row(
+            &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'sig'"),
+            [],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN key_id INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE {table} ADD COLUMN sig BLOB NOT NULL DEFAULT x'';"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the node id from `_outpost_meta` and derives the yrs client id.
@@ -408,8 +454,36 @@ pub struct Capture {
     /// Entries the open transaction quarantined: held (in the version
     /// vector) once it commits.
     staged_held: RefCell<VersionVector>,
+    trust: Trust,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
+}
+
+/// What capture signs with and what it checks remote entries against
+/// (issue 6): the key ring, whether this node is a partial replica, and
+/// the per-peer rules.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// None: the node has no key (and no sync): it neither signs nor verifies.
+    pub keys: Option<Arc<crate::sync::keys::KeyRing>>,
+    pub partial: bool,
+    pub rules: std::collections::BTreeMap<String, crate::config::PeerRules>,
+}
+
+impl Trust {
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Trust, crate::sync::keys::KeyError> {
+        Ok(Trust {
+            keys: crate::sync::keys::KeyRing::load(config)?,
+            partial: config.sync.partial,
+            rules: config.sync.rules.clone(),
+        })
+    }
+
+    fn rules_for(&self, peer: &str) -> Option<&crate::config::PeerRules> {
+        self.rules.get(peer).or_else(|| self.rules.get("*"))
+    }
 }
 
 /// The highest seq per origin in the log and the quarantine (except
@@ -441,6 +515,7 @@ impl Capture {
         config: &CrdtConfig,
         metrics: Arc<Metrics>,
         events: Arc<Events>,
+        trust: Trust,
     ) -> Result<Capture, CaptureError> {
         create_tables(conn)?;
         events.reset(log_vector(conn)?);
@@ -480,9 +555,11 @@ impl Capture {
             staged_events: RefCell::new(Vec::new()),
             events_uncertain: Cell::new(false),
             staged_held: RefCell::new(VersionVector::new()),
+            trust,
             events,
             metrics,
         };
+        capture.load_keys(conn)?;
         let swept = capture.sweep(conn)?;
         if swept > 0 {
             tracing::info!(
@@ -688,7 +765,7 @@ impl Capture {
                 Ok(None) => continue,
                 Err(source) => return Err(CaptureError::Doc { table, key, source }),
             };
-            let entry = LogEntry {
+            let mut entry = LogEntry {
                 origin: self.client,
                 seq,
                 hlc,
@@ -696,7 +773,11 @@ impl Capture {
                 key,
                 schema_version: self.schema_version.get(),
                 update,
+                ..LogEntry::default()
             };
+            if let Some(keys) = &self.trust.keys {
+                keys.sign(&mut entry);
+            }
             if entry.size() > self.config.max_update_bytes {
                 return Err(CaptureError::TooLarge {
                     size: entry.size(),
@@ -763,7 +844,7 @@ impl Capture {
         if self.has_entry(conn, entry.origin, entry.seq)? {
             return Ok(Applied::Duplicate);
         }
-        match self.admit(conn, entry)? {
+        match self.admit(conn, entry, peer)? {
             Verdict::Applied => Ok(Applied::Applied),
             Verdict::Deferred(why) => Ok(Applied::Deferred(why)),
             Verdict::Refused(rejection) => self.quarantine(conn, entry, peer, rejection),
@@ -777,27 +858,49 @@ impl Capture {
     /// 1. `own_origin`, `range`, `too_large`: the origin is not this node,
     ///    origin and seq are in range, the entry fits `crdt.max_update_bytes`;
     /// 2. `decode`: the update decodes as a yrs update, on its own;
-    /// 3. its signature (issue 6), then 4. its origin is not revoked (issue 6);
+    /// 3. `signature`: signed by a key the cluster CA certified for the
+    ///    entry's origin, and the signature matches (`sync::keys`);
+    /// 4. `revoked`: neither that key nor its node is revoked;
     /// 5. written under a schema version newer than this node's: deferred,
     ///    not refused (the peer sends it again once this node migrated).
     ///    It comes before the checks that depend on the schema, which the
     ///    newer version may change (a table it creates is not here yet);
-    /// 6. `table`: the table is replicated here;
+    /// 6. `table`: the table is replicated here; `forbidden_table`: the
+    ///    peer may send it (`sync.rules`);
     /// 7. `key`: the key is shaped like the table's primary key;
     /// 8. `column` (in the savepoint, once merged): the entry writes no
     ///    column the table lacks — when written under this node's schema
     ///    version; under an older one such values (columns dropped since)
     ///    are ignored and counted (`outpost_sync_ignored_values_total`);
-    /// 9. `constraint`: the merged row can be written (types, CHECK,
-    ///    NOT NULL, UNIQUE); in a savepoint, so a refused entry leaves no trace.
-    fn admit(&self, conn: &Connection, entry: &LogEntry) -> Result<Verdict, CaptureError> {
+    /// 9. `forbidden_row` (in the savepoint): the row passes the peer's
+    ///    filter before and after the change (`sync::rules`);
+    /// 10. `constraint`: the merged row can be written (types, CHECK,
+    ///     NOT NULL, UNIQUE); in a savepoint, so a refused entry leaves no trace.
+    ///
+    /// A placeholder (an entry a peer's rules withheld) passes 1, then is
+    /// logged as such on a partial replica, and deferred on a full one
+    /// (which must get the entry itself).
+    fn admit(
+        &self,
+        conn: &Connection,
+        entry: &LogEntry,
+        peer: &str,
+    ) -> Result<Verdict, CaptureError> {
         if let Some(rejection) = self.reject_entry(entry) {
             return Ok(Verdict::Refused(rejection));
         }
-        // Signature: issue 6 (signed entries) verifies here that the entry
-        // is signed by its origin's key. Not implemented yet.
-        // Revocation: issue 6 refuses here an entry whose origin was
-        // revoked. Not implemented yet.
+        if entry.is_placeholder() {
+            return self.admit_placeholder(conn, entry);
+        }
+        if let Some(keys) = &self.trust.keys {
+            if let Err(refusal) = keys.verify(entry) {
+                return Ok(Verdict::Refused(Rejection::new(
+                    refusal.code,
+                    refusal.message,
+                )));
+            }
+            self.remember_key(conn, keys, entry.key_id)?;
+        }
         if entry.schema_version > self.schema_version.get() {
             return Ok(Verdict::Deferred(format!(
                 "written under schema version {}, this node has {}",
@@ -808,12 +911,140 @@ impl Capture {
         if let Some(rejection) = self.reject_target(&entry.table, &entry.key) {
             return Ok(Verdict::Refused(rejection));
         }
+        let rules = self.trust.rules_for(peer);
+        if rules.is_some_and(|r| !r.accepts(&entry.table)) {
+            return Ok(Verdict::Refused(Rejection::new(
+                "forbidden_table",
+                format!(
+                    "peer {peer} may not send table {:?} (sync.rules accept_tables)",
+                    entry.table
+                ),
+            )));
+        }
+        let filter = rules.and_then(|r| r.filters.get(&entry.table).map(String::as_str));
         Ok(
-            match self.in_savepoint(conn, || self.apply_in_savepoint(conn, entry))? {
+            match self.in_savepoint(conn, || self.apply_in_savepoint(conn, entry, filter))? {
                 Ok(()) => Verdict::Applied,
                 Err(rejection) => Verdict::Refused(rejection),
             },
         )
+    }
+
+    /// Whether the row `view` describes passes a `sync.rules` filter.
+    fn row_passes(&self, conn: &Connection, sql: &str, columns: &[String], view: &RowView) -> bool {
+        crate::sync::rules::row_passes(conn, &self.sql.text(sql), columns, view)
+    }
+
+    /// A placeholder: logged on a partial replica (the log stays dense and
+    /// the entry is relayed as a placeholder to other partial replicas);
+    /// deferred on a full one, which must not hold a gap.
+    fn admit_placeholder(
+        &self,
+        conn: &Connection,
+        entry: &LogEntry,
+    ) -> Result<Verdict, CaptureError> {
+        if !self.trust.partial {
+            return Ok(Verdict::Deferred(
+                "the peer sent a placeholder for an entry it withholds, but this node is a \
+                 full replica (sync.partial is off): it waits for the entry itself"
+                    .into(),
+            ));
+        }
+        self.store_log(conn, entry)?;
+        Ok(Verdict::Applied)
+    }
+
+    /// Keeps the certificate of a key that signed an applied entry, so that
+    /// this node can prove the entry's origin to its own peers.
+    fn remember_key(
+        &self,
+        conn: &Connection,
+        keys: &crate::sync::keys::KeyRing,
+        key_id: u64,
+    ) -> Result<(), CaptureError> {
+        if let Some(cert) = keys.certificate(key_id) {
+            let node_id = crate::sync::tls::peer_node_id(&cert).unwrap_or_default();
+            conn.prepare_cached(&self.sql.text(
+                "INSERT OR IGNORE INTO _outpost_keys (key_id, node_id, cert) VALUES (?1, ?2, ?3)",
+            ))?
+            .execute(params![key_id as i64, node_id, &cert[..]])?;
+        }
+        Ok(())
+    }
+
+    /// At start: certificates kept earlier join the key ring (each checked
+    /// again), this node's own is kept, and its entries written before it
+    /// had a key (or before signatures existed) are signed.
+    fn load_keys(&self, conn: &Connection) -> Result<(), CaptureError> {
+        let Some(keys) = &self.trust.keys else {
+            return Ok(());
+        };
+        let mut stmt = conn.prepare("SELECT key_id, cert FROM _outpost_keys")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let cert: Vec<u8> = row.get(1)?;
+            if let Err(e) = keys.learn(&cert) {
+                let id = row.get::<_, i64>(0)? as u64;
+                tracing::warn!(key = %format!("{id:016x}"), "a kept certificate no longer checks: {e}");
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match self.sign_unsigned(conn, keys) {
+            Ok(n) => {
+                conn.execute_batch("COMMIT")?;
+                if n > 0 {
+                    tracing::info!(
+                        entries = n,
+                        "signed this node's entries written before it had a key"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn sign_unsigned(
+        &self,
+        conn: &Connection,
+        keys: &crate::sync::keys::KeyRing,
+    ) -> Result<usize, CaptureError> {
+        self.remember_key(conn, keys, keys.own_key_id())?;
+        let mut select = conn.prepare(
+            "SELECT seq, hlc, tbl, pk, schema_version, \"update\" FROM _outpost_log
+             WHERE origin = ?1 AND key_id = 0 AND length(\"update\") > 0",
+        )?;
+        let mut update = conn.prepare(
+            "UPDATE _outpost_log SET key_id = ?3, sig = ?4 WHERE origin = ?1 AND seq = ?2",
+        )?;
+        let mut rows = select.query([self.client as i64])?;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            let mut entry = LogEntry {
+                origin: self.client,
+                seq: row.get::<_, i64>(0)? as u64,
+                hlc: row.get::<_, i64>(1)? as u64,
+                table: row.get(2)?,
+                key: row.get(3)?,
+                schema_version: row.get(4)?,
+                update: row.get(5)?,
+                ..LogEntry::default()
+            };
+            keys.sign(&mut entry);
+            update.execute(params![
+                entry.origin as i64,
+                entry.seq as i64,
+                entry.key_id as i64,
+                entry.signature
+            ])?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Runs `work` inside a savepoint: kept if it succeeds, rolled back if
@@ -854,8 +1085,8 @@ impl Capture {
         );
         conn.prepare_cached(&self.sql.text(
             "INSERT OR IGNORE INTO _outpost_quarantine (origin, seq, hlc, tbl, pk,
-                 schema_version, \"update\", peer, code, reason, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 schema_version, \"update\", peer, code, reason, at_ms, key_id, sig)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         ))?
         .execute(params![
             entry.origin as i64,
@@ -868,7 +1099,9 @@ impl Capture {
             peer,
             rejection.code,
             rejection.message,
-            Hlc::now_ms() as i64
+            Hlc::now_ms() as i64,
+            entry.key_id as i64,
+            entry.signature
         ])?;
         if !matches!(rejection.code, "range" | "own_origin") {
             self.staged_held
@@ -923,7 +1156,7 @@ impl Capture {
             let verdict = if in_log {
                 Verdict::Applied
             } else {
-                self.admit(conn, &entry)?
+                self.admit(conn, &entry, &peer)?
             };
             let key = params![entry.origin as i64, entry.seq as i64];
             match verdict {
@@ -1000,6 +1233,9 @@ impl Capture {
                 ),
             ));
         }
+        if entry.is_placeholder() {
+            return None;
+        }
         if let Err(e) = yrs::Update::decode_v1(&entry.update) {
             return Some(Rejection::new(
                 "decode",
@@ -1035,10 +1271,12 @@ impl Capture {
         &self,
         conn: &Connection,
         entry: &LogEntry,
+        filter: Option<&str>,
     ) -> Result<Result<(), Rejection>, CaptureError> {
         let columns = Columns::Entry {
             origin: entry.origin,
             same_schema: entry.schema_version == self.schema_version.get(),
+            filter,
         };
         let merged = match self.merge_row(conn, &entry.table, &entry.key, &entry.update, columns)? {
             Ok(merged) => merged,
@@ -1085,8 +1323,26 @@ impl Capture {
                 Ok(slot) => Some(slot),
                 Err(e) => return Ok(Err(Rejection::new("decode", e.to_string()))),
             },
-            Columns::Unchecked => None,
+            Columns::Unchecked { .. } => None,
         };
+        let filter = match columns {
+            Columns::Entry { filter, .. } | Columns::Unchecked { filter } => {
+                filter.map(|f| crate::sync::rules::filter_sql(&info.columns, f))
+            }
+        };
+        if let Some(sql) = &filter {
+            let old = match doc.view() {
+                Ok(view) => view,
+                Err(e) => return Ok(Err(Rejection::new("decode", e.to_string()))),
+            };
+            let exists = old.live.is_some() || !old.cols.is_empty();
+            if exists && !self.row_passes(conn, sql, &info.columns, &old) {
+                return Ok(Err(Rejection::new(
+                    "forbidden_row",
+                    "the row is outside the peer's sync.rules filter",
+                )));
+            }
+        }
         if let Err(e) = doc.apply(update) {
             return Ok(Err(Rejection::new("decode", e.to_string())));
         }
@@ -1094,6 +1350,14 @@ impl Capture {
             Ok(view) => view,
             Err(e) => return Ok(Err(Rejection::new("decode", e.to_string()))),
         };
+        if let Some(sql) = &filter {
+            if !self.row_passes(conn, sql, &info.columns, &view) {
+                return Ok(Err(Rejection::new(
+                    "forbidden_row",
+                    "the change would put the row outside the peer's sync.rules filter",
+                )));
+            }
+        }
         // The columns the entry wrote: those its origin's slot holds now
         // with another stamp or value than before (a slot carries the
         // origin's earlier values along; those were judged before).
@@ -1184,14 +1448,21 @@ impl Capture {
             let probe = LogEntry {
                 origin: 1,
                 seq: 1,
-                hlc: 0,
                 table: doc.table.clone(),
                 key: doc.key.clone(),
-                schema_version: 0,
-                update: Vec::new(),
+                ..LogEntry::default()
             };
+            let rules = self.trust.rules_for(peer);
+            let filter = rules.and_then(|r| r.filters.get(&doc.table).map(String::as_str));
             let rejection = match self.reject_target(&doc.table, &doc.key) {
                 Some(rejection) => Some(rejection),
+                None if rules.is_some_and(|r| !r.accepts(&doc.table)) => Some(Rejection::new(
+                    "forbidden_table",
+                    format!(
+                        "peer {peer} may not send table {:?} (sync.rules accept_tables)",
+                        doc.table
+                    ),
+                )),
                 None => self
                     .in_savepoint(conn, || {
                         let merged = match self.merge_row(
@@ -1199,7 +1470,7 @@ impl Capture {
                             &doc.table,
                             &doc.key,
                             &doc.doc,
-                            Columns::Unchecked,
+                            Columns::Unchecked { filter },
                         )? {
                             Ok(merged) => merged,
                             Err(rejection) => return Ok(Err(rejection)),
@@ -1365,9 +1636,14 @@ impl Capture {
 
     fn store(&self, conn: &Connection, entry: &LogEntry, doc: Vec<u8>) -> Result<(), CaptureError> {
         self.store_doc(conn, &entry.table, &entry.key, doc)?;
+        self.store_log(conn, entry)
+    }
+
+    fn store_log(&self, conn: &Connection, entry: &LogEntry) -> Result<(), CaptureError> {
         conn.prepare_cached(&self.sql.text(
-            "INSERT INTO _outpost_log (origin, seq, hlc, tbl, pk, schema_version, \"update\")
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO _outpost_log (origin, seq, hlc, tbl, pk, schema_version, \"update\",
+                 key_id, sig)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         ))?
         .execute(params![
             entry.origin as i64,
@@ -1376,7 +1652,9 @@ impl Capture {
             entry.table,
             entry.key,
             entry.schema_version,
-            entry.update
+            entry.update,
+            entry.key_id as i64,
+            entry.signature
         ])?;
         let mut cache = self.cache.borrow_mut();
         cache.staged_entries += 1;

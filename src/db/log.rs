@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use libsql_sys::rusqlite::{self, Connection, OpenFlags};
+use libsql_sys::rusqlite::{self, Connection, OpenFlags, OptionalExtension};
 use parking_lot::Mutex;
 
 use super::capture::{LogEntry, SnapshotDoc};
+use crate::config::PeerRules;
+pub use crate::sync::rules::Outbound;
 use crate::sync::vv::VersionVector;
 
 /// What a node tells peers about itself, read from `_outpost_meta`.
@@ -66,6 +68,10 @@ impl LogReader {
     /// `max_schema` (the peer could not apply it) and before the first one
     /// this node holds in quarantine: the peer would hold the entries after
     /// it without that one, and never fetch it once it is replayed.
+    ///
+    /// `peer`: the peer's rules (`sync::rules`). For a partial peer, an entry
+    /// its rules withhold is read as a placeholder; a full peer gets no
+    /// placeholder: its origin stops before the first one.
     pub fn read(
         &self,
         after: &VersionVector,
@@ -73,10 +79,12 @@ impl LogReader {
         max_entries: usize,
         max_bytes: usize,
         max_schema: i64,
+        peer: &Outbound,
     ) -> rusqlite::Result<Vec<LogEntry>> {
         let conn = self.conn.lock();
+        let mut rows_filter = RowFilter::default();
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, hlc, tbl, pk, schema_version, \"update\" FROM _outpost_log
+            "SELECT seq, hlc, tbl, pk, schema_version, \"update\", key_id, sig FROM _outpost_log
              WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
         )?;
         let mut quarantined = conn.prepare_cached(
@@ -109,10 +117,25 @@ impl LogReader {
                     key: row.get(3)?,
                     schema_version: row.get(4)?,
                     update: row.get(5)?,
+                    key_id: row.get::<_, i64>(6)? as u64,
+                    signature: row.get(7)?,
                 };
                 if entry.schema_version > max_schema {
                     break;
                 }
+                let entry = match peer.rules.as_ref() {
+                    _ if entry.is_placeholder() && !peer.partial => break,
+                    Some(rules) if !entry.is_placeholder() => {
+                        if rows_filter.sends(&conn, rules, &entry)? {
+                            entry
+                        } else if peer.partial {
+                            entry.placeholder()
+                        } else {
+                            break;
+                        }
+                    }
+                    _ => entry,
+                };
                 if !entries.is_empty() && bytes + entry.size() > max_bytes {
                     return Ok(entries);
                 }
@@ -149,27 +172,41 @@ impl LogReader {
 
     /// Row documents after `after` in (table, key) order, at most
     /// `max_docs` and about `max_bytes` (at least one), for a snapshot.
+    /// The next row documents after `after`, for a snapshot. With `rules`
+    /// (a partial peer), only the rows they let the peer see.
     pub fn read_docs(
         &self,
         after: Option<&(String, String)>,
         max_docs: usize,
         max_bytes: usize,
+        rules: Option<&PeerRules>,
     ) -> rusqlite::Result<Vec<SnapshotDoc>> {
         let conn = self.conn.lock();
         let (table, key) = after.cloned().unwrap_or_default();
+        // Filtered, it reads on past rows it skips (to the end at most).
+        let limit = if rules.is_some() { -1 } else { max_docs as i64 };
         let mut stmt = conn.prepare_cached(
             "SELECT tbl, pk, doc FROM _outpost_rows WHERE (tbl, pk) > (?1, ?2)
              ORDER BY tbl, pk LIMIT ?3",
         )?;
-        let mut rows = stmt.query(rusqlite::params![table, key, max_docs as i64])?;
+        let mut rows = stmt.query(rusqlite::params![table, key, limit])?;
         let mut docs = Vec::new();
         let mut bytes = 0;
+        let mut filter = RowFilter::default();
         while let Some(row) = rows.next()? {
             let doc = SnapshotDoc {
                 table: row.get(0)?,
                 key: row.get(1)?,
                 doc: row.get(2)?,
             };
+            if let Some(rules) = rules {
+                if !filter.passes_doc(&conn, rules, &doc.table, &doc.doc)? {
+                    continue;
+                }
+                if docs.len() >= max_docs {
+                    break;
+                }
+            }
             let size = doc.table.len() + doc.key.len() + doc.doc.len();
             if !docs.is_empty() && bytes + size > max_bytes {
                 break;
@@ -178,5 +215,70 @@ impl LogReader {
             docs.push(doc);
         }
         Ok(docs)
+    }
+}
+
+/// Evaluates a peer's rules on the sender's rows (`sync::rules`), with the
+/// column lists of the tables it met.
+#[derive(Default)]
+struct RowFilter {
+    columns: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl RowFilter {
+    /// Whether `entry`'s row may be sent under `rules`.
+    fn sends(
+        &mut self,
+        conn: &Connection,
+        rules: &PeerRules,
+        entry: &LogEntry,
+    ) -> rusqlite::Result<bool> {
+        if !rules.sends(&entry.table) {
+            return Ok(false);
+        }
+        if !rules.filters.contains_key(&entry.table) {
+            return Ok(true);
+        }
+        let doc: Option<Vec<u8>> = conn
+            .prepare_cached("SELECT doc FROM _outpost_rows WHERE tbl = ?1 AND pk = ?2")?
+            .query_row([&entry.table, &entry.key], |r| r.get(0))
+            .optional()?;
+        match doc {
+            Some(doc) => self.passes_doc(conn, rules, &entry.table, &doc),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether the row a document describes may be sent under `rules`.
+    fn passes_doc(
+        &mut self,
+        conn: &Connection,
+        rules: &PeerRules,
+        table: &str,
+        doc: &[u8],
+    ) -> rusqlite::Result<bool> {
+        if !rules.sends(table) {
+            return Ok(false);
+        }
+        let Some(filter) = rules.filters.get(table) else {
+            return Ok(true);
+        };
+        let view = match crate::crdt::RowDoc::load(doc, 0).and_then(|d| d.view()) {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::error!(table, error = %e, "a row document does not load; withheld from a filtered peer");
+                return Ok(false);
+            }
+        };
+        if !self.columns.contains_key(table) {
+            let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?;
+            let names = stmt
+                .query_map([table], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            self.columns.insert(table.to_string(), names);
+        }
+        let columns = &self.columns[table];
+        let sql = crate::sync::rules::filter_sql(columns, filter);
+        Ok(crate::sync::rules::row_passes(conn, &sql, columns, &view))
     }
 }

@@ -53,6 +53,8 @@ pub enum DbError {
     },
     #[error("cannot start a database thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot load the node's signing key: {0}")]
+    Keys(#[from] crate::sync::keys::KeyError),
     #[error("cannot start change capture on {path}: {source}")]
     Capture {
         path: PathBuf,
@@ -163,6 +165,7 @@ pub struct Database {
     log: Arc<log::LogReader>,
     writer: writer::WriterHandle,
     readers: readers::ReaderPool,
+    keys: Option<Arc<crate::sync::keys::KeyRing>>,
     path: PathBuf,
 }
 
@@ -175,12 +178,15 @@ impl Database {
             config.feed.buffer,
             crate::sync::vv::VersionVector::new(),
         ));
+        let trust = capture::Trust::from_config(config)?;
+        let keys = trust.keys.clone();
         let writer = writer::WriterHandle::start(
             &path,
             config,
             Arc::clone(&metrics),
             Arc::clone(&commits),
             Arc::clone(&events),
+            trust,
         )?;
         let readers = readers::ReaderPool::start(&path, config, metrics, Arc::clone(&commits))?;
         let log = log::LogReader::open(&path).map_err(|source| DbError::Open {
@@ -188,6 +194,7 @@ impl Database {
             source,
         })?;
         Ok(Database {
+            keys,
             commits,
             events,
             log: Arc::new(log),
@@ -200,6 +207,11 @@ impl Database {
     /// Committed changes (live feed) and the log's version vector (sync).
     pub fn events(&self) -> &Arc<events::Events> {
         &self.events
+    }
+
+    /// The node's key ring (None without a node key, i.e. without sync).
+    pub fn keys(&self) -> Option<&Arc<crate::sync::keys::KeyRing>> {
+        self.keys.as_ref()
     }
 
     /// The change-log reader (replication reads entries through it).

@@ -176,7 +176,7 @@ pub(crate) fn to_replay(
     limit: usize,
 ) -> rusqlite::Result<Vec<(super::capture::LogEntry, String, String)>> {
     let sql = format!(
-        "SELECT origin, seq, hlc, tbl, pk, schema_version, \"update\", peer, code
+        "SELECT origin, seq, hlc, tbl, pk, schema_version, \"update\", peer, code, key_id, sig
          FROM _outpost_quarantine WHERE {WHERE} ORDER BY origin, seq LIMIT ?5"
     );
     let [code, origin, after_o, after_s] = params(filter);
@@ -192,6 +192,8 @@ pub(crate) fn to_replay(
                 key: text(r.get_ref(4)?),
                 schema_version: r.get(5)?,
                 update: r.get(6)?,
+                key_id: r.get::<_, i64>(9)? as u64,
+                signature: r.get(10)?,
             };
             Ok((entry, text(r.get_ref(7)?), text(r.get_ref(8)?)))
         },
@@ -246,11 +248,12 @@ mod tests {
                  tbl TEXT NOT NULL, pk TEXT NOT NULL, schema_version INTEGER NOT NULL,
                  \"update\" BLOB NOT NULL, peer TEXT NOT NULL, code TEXT NOT NULL,
                  reason TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                 key_id INTEGER NOT NULL, sig BLOB NOT NULL,
                  PRIMARY KEY (origin, seq)) WITHOUT ROWID;
              INSERT INTO _outpost_quarantine VALUES
-                 (7, 2, 1, 't', '2', 0, x'0102', 'p', 'table', 'no t', 0),
-                 (7, 1, 1, 't', '1', 0, x'01', 'p', 'table', 'no t', 0),
-                 (9, 1, 1, 'u', '1', 0, x'', 'p', 'constraint', 'CHECK', 1000);",
+                 (7, 2, 1, 't', '2', 0, x'0102', 'p', 'table', 'no t', 0, 0, x''),
+                 (7, 1, 1, 't', '1', 0, x'01', 'p', 'table', 'no t', 0, 0, x''),
+                 (9, 1, 1, 'u', '1', 0, x'', 'p', 'constraint', 'CHECK', 1000, 0, x'');",
         )
         .unwrap();
         let all = list(&conn, &Filter::default(), 10).unwrap();

@@ -97,6 +97,7 @@ impl WriterHandle {
         metrics: Arc<Metrics>,
         commits: Arc<AtomicU64>,
         events: Arc<Events>,
+        trust: super::capture::Trust,
     ) -> Result<Self, DbError> {
         let (conn, guard) =
             conn::open(path, Role::Writer, &config.db).map_err(|source| DbError::Open {
@@ -114,6 +115,7 @@ impl WriterHandle {
                     &config.crdt,
                     Arc::clone(&metrics),
                     Arc::clone(&events),
+                    trust,
                 )
             });
             Some(started.map_err(|source| DbError::Capture {

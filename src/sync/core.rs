@@ -89,6 +89,8 @@ pub struct Identity {
     pub origin: u64,
     pub schema_version: i64,
     pub schema_hash: String,
+    /// A partial replica (`sync.partial`).
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,6 +452,7 @@ impl Core {
             schema_version: self.me.schema_version,
             schema_hash: self.me.schema_hash.clone(),
             have: self.local.clone(),
+            partial: self.me.partial,
         });
         self.send(link, hello);
     }
@@ -519,6 +522,8 @@ impl Core {
             Msg::Snapshot { docs, done } => self.on_snapshot(link, docs, done),
             Msg::Ack { have, batches } => self.on_ack(link, have, batches),
             Msg::Bye { .. } => self.close(link, "the peer closed the link"),
+            // Certificates are the driver's business (`sync::keys`).
+            Msg::Keys(_) => {}
         }
     }
 

@@ -25,7 +25,8 @@ use crate::db::capture::{LogEntry, SnapshotDoc};
 use super::vv::VersionVector;
 
 /// Bumped on any incompatible change of the messages or their meaning.
-pub const PROTOCOL_VERSION: u64 = 1;
+/// 2: entries carry their origin's signature; `Keys`; `Hello.partial`.
+pub const PROTOCOL_VERSION: u64 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
@@ -45,6 +46,10 @@ pub enum Msg {
         docs: Vec<SnapshotDoc>,
         done: Option<VersionVector>,
     },
+    /// Node certificates (DER, issued by the cluster CA) for the keys that
+    /// signed entries the sender is about to send (`sync::keys`). Sent
+    /// before the first entry under each key on a link.
+    Keys(Vec<Vec<u8>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +64,9 @@ pub struct Hello {
     pub schema_hash: String,
     /// What the sender holds.
     pub have: VersionVector,
+    /// The sender is a partial replica (`sync.partial`): it takes
+    /// placeholders for entries withheld from it, and holds some itself.
+    pub partial: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,6 +78,7 @@ const TAG_ENTRIES: u8 = 2;
 const TAG_ACK: u8 = 3;
 const TAG_BYE: u8 = 4;
 const TAG_SNAPSHOT: u8 = 5;
+const TAG_KEYS: u8 = 6;
 
 impl Msg {
     pub fn encode(&self) -> Vec<u8> {
@@ -83,6 +92,7 @@ impl Msg {
                 put_u64(&mut out, h.schema_version as u64);
                 put_bytes(&mut out, h.schema_hash.as_bytes());
                 put_vv(&mut out, &h.have);
+                out.push(u8::from(h.partial));
             }
             Msg::Entries(entries) => {
                 out.push(TAG_ENTRIES);
@@ -95,6 +105,8 @@ impl Msg {
                     put_bytes(&mut out, e.key.as_bytes());
                     put_u64(&mut out, e.schema_version as u64);
                     put_bytes(&mut out, &e.update);
+                    put_u64(&mut out, e.key_id);
+                    put_bytes(&mut out, &e.signature);
                 }
             }
             Msg::Ack { have, batches } => {
@@ -122,6 +134,13 @@ impl Msg {
                     None => out.push(0),
                 }
             }
+            Msg::Keys(certs) => {
+                out.push(TAG_KEYS);
+                put_u64(&mut out, certs.len() as u64);
+                for cert in certs {
+                    put_bytes(&mut out, cert);
+                }
+            }
         }
         out
     }
@@ -136,9 +155,10 @@ impl Msg {
                 schema_version: r.u64()? as i64,
                 schema_hash: r.string()?,
                 have: r.vv()?,
+                partial: r.flag()?,
             }),
             TAG_ENTRIES => {
-                let n = r.count(7)?;
+                let n = r.count(9)?;
                 let mut entries = Vec::with_capacity(n);
                 for _ in 0..n {
                     entries.push(LogEntry {
@@ -149,6 +169,8 @@ impl Msg {
                         key: r.string()?,
                         schema_version: r.u64()? as i64,
                         update: r.bytes()?.to_vec(),
+                        key_id: r.u64()?,
+                        signature: r.bytes()?.to_vec(),
                     });
                 }
                 Msg::Entries(entries)
@@ -176,6 +198,14 @@ impl Msg {
                     flag => return Err(DecodeError(format!("bad snapshot flag {flag}"))),
                 };
                 Msg::Snapshot { docs, done }
+            }
+            TAG_KEYS => {
+                let n = r.count(1)?;
+                let mut certs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    certs.push(r.bytes()?.to_vec());
+                }
+                Msg::Keys(certs)
             }
             tag => return Err(DecodeError(format!("unknown message tag {tag}"))),
         };
@@ -221,6 +251,14 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| DecodeError("truncated".into()))?;
         self.0 = rest;
         Ok(b)
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(DecodeError(format!("bad flag {b}"))),
+        }
     }
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
@@ -293,6 +331,7 @@ mod tests {
                 schema_version: -1,
                 schema_hash: "abc".into(),
                 have: have.clone(),
+                partial: true,
             }),
             Msg::Entries(vec![LogEntry {
                 origin: 7,
@@ -302,7 +341,10 @@ mod tests {
                 key: "1,'x'".into(),
                 schema_version: 2,
                 update: vec![0, 1, 2, 255],
+                key_id: u64::MAX,
+                signature: vec![7; 64],
             }]),
+            Msg::Keys(vec![vec![1, 2, 3], Vec::new()]),
             Msg::Entries(Vec::new()),
             Msg::Ack { have, batches: 2 },
             Msg::Bye {

@@ -201,11 +201,9 @@ pub fn issue_node_cert(
         return Err(TlsError::Exists { path: ca_copy });
     }
 
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
-        TlsError::Generate {
-            what: "node key",
-            source,
-        }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|source| TlsError::Generate {
+        what: "node key",
+        source,
     })?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();

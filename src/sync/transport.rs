@@ -17,7 +17,7 @@
 //! holds acks and heartbeats beyond that. A peer whose certificate names a
 //! node id must say the same node id in its Hello.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use crate::db::log::{LogReader, NodeMeta};
 use crate::db::Database;
 use crate::metrics::Metrics;
 use crate::ratelimit::{self, RateLimiter};
+use crate::sync::rules::Outbound as ReadFor;
 
 /// Frames queued to one link's writer before the driver drops the link.
 const LINK_QUEUE: usize = 64;
@@ -655,12 +656,23 @@ async fn tick(shared: Arc<Shared>) {
     }
 }
 
+/// What the driver keeps per link besides the core's state.
+struct LinkInfo {
+    tx: mpsc::Sender<Msg>,
+    /// The peer's node id once its Hello came, else its URL or "inbound".
+    label: String,
+    /// The peer said it is a partial replica.
+    partial: bool,
+    /// Keys whose certificates this link has sent.
+    keys_sent: HashSet<u64>,
+}
+
 struct Driver {
     shared: Arc<Shared>,
     core: Core,
     log: Arc<LogReader>,
     meta: NodeMeta,
-    links: HashMap<LinkId, (mpsc::Sender<Msg>, String)>,
+    links: HashMap<LinkId, LinkInfo>,
     started: Instant,
     /// Peers paused at the last publish (to log changes).
     paused: HashMap<String, PauseKind>,
@@ -673,6 +685,7 @@ impl Driver {
             origin: meta.origin,
             schema_version: meta.schema_version,
             schema_hash: meta.schema_hash.clone(),
+            partial: shared.config.sync.partial,
         };
         let local = shared.db.events().log_vector();
         let peers = shared.config.sync.peers.len();
@@ -714,7 +727,15 @@ impl Driver {
                 Event::Open {
                     link, tx, label, ..
                 } => {
-                    self.links.insert(link, (tx, label));
+                    self.links.insert(
+                        link,
+                        LinkInfo {
+                            tx,
+                            label,
+                            partial: false,
+                            keys_sent: HashSet::new(),
+                        },
+                    );
                 }
                 Event::Input(input) => {
                     match &input {
@@ -725,10 +746,21 @@ impl Driver {
                             link,
                             msg: Msg::Hello(hello),
                         } => {
-                            if let Some(entry) = self.links.get_mut(link) {
-                                entry.1 = hello.node_id.clone();
+                            if let Some(info) = self.links.get_mut(link) {
+                                info.label = hello.node_id.clone();
+                                info.partial = hello.partial;
+                            }
+                            if let Err(why) = self.admit_peer(hello) {
+                                tracing::warn!(peer = %hello.node_id, "refusing a sync link: {why}");
+                                self.send_raw(*link, Msg::Bye { reason: why });
+                                self.drop_link(*link);
+                                continue;
                             }
                         }
+                        Input::Received {
+                            link,
+                            msg: Msg::Keys(certs),
+                        } => self.learn_keys(*link, certs),
                         _ => {}
                     }
                     let outputs = self.core.handle(self.now(), input);
@@ -755,7 +787,7 @@ impl Driver {
     fn label(&self, link: LinkId) -> String {
         self.links
             .get(&link)
-            .map_or_else(|| format!("link-{link}"), |(_, l)| l.clone())
+            .map_or_else(|| format!("link-{link}"), |l| l.label.clone())
     }
 
     fn carry_out(&mut self, output: Output) {
@@ -768,13 +800,10 @@ impl Driver {
                         .with_label_values(&[&self.label(link)])
                         .inc_by(entries.len() as u64);
                 }
-                let Some((tx, label)) = self.links.get(&link) else {
-                    return;
-                };
-                if tx.try_send(msg).is_err() {
-                    tracing::warn!(peer = %label, "sync link queue full or closed: dropping the link");
-                    self.drop_link(link);
+                if let Msg::Entries(entries) = &msg {
+                    self.send_keys_for(link, entries);
                 }
+                self.send_raw(link, msg);
             }
             Output::ReadLog {
                 link,
@@ -784,9 +813,10 @@ impl Driver {
                 max_bytes,
                 max_schema,
             } => {
+                let peer = self.outbound(link);
                 self.read_then(
                     link,
-                    move |log| log.read(&after, &upto, max_entries, max_bytes, max_schema),
+                    move |log| log.read(&after, &upto, max_entries, max_bytes, max_schema, &peer),
                     move |entries| Input::LogRead { link, entries },
                 );
             }
@@ -808,9 +838,21 @@ impl Driver {
                 max_docs,
                 max_bytes,
             } => {
+                let peer = self.outbound(link);
+                if self.shared.config.sync.partial && !peer.partial {
+                    tracing::error!(
+                        peer = %self.label(link),
+                        "a full replica is behind this node's log compaction, but this node is \
+                         partial and cannot give it a snapshot: it must catch up from a full replica"
+                    );
+                    self.drop_link(link);
+                    return;
+                }
                 self.read_then(
                     link,
-                    move |log| log.read_docs(after.as_ref(), max_docs, max_bytes),
+                    move |log| {
+                        log.read_docs(after.as_ref(), max_docs, max_bytes, peer.rules.as_ref())
+                    },
                     move |docs| Input::DocsRead { link, docs },
                 );
             }
@@ -846,6 +888,101 @@ impl Driver {
                 self.drop_link(link);
             }
             Output::SchemaBehind { version } => migrate_for_peer(&self.shared, version),
+        }
+    }
+
+    /// Queues a message on a link's socket task; a full queue drops the link.
+    fn send_raw(&mut self, link: LinkId, msg: Msg) {
+        let Some(info) = self.links.get(&link) else {
+            return;
+        };
+        if info.tx.try_send(msg).is_err() {
+            tracing::warn!(peer = %info.label, "sync link queue full or closed: dropping the link");
+            self.drop_link(link);
+        }
+    }
+
+    /// Whether a peer that said Hello may have a link: not revoked, and
+    /// partial if this node's rules withhold anything from it.
+    fn admit_peer(&self, hello: &crate::sync::proto::Hello) -> Result<(), String> {
+        let sync = &self.shared.config.sync;
+        if sync.revoked_nodes.contains(&hello.node_id) {
+            return Err(format!("node {} is in sync.revoked_nodes", hello.node_id));
+        }
+        let restricted = sync
+            .rules_for(&hello.node_id)
+            .is_some_and(|r| r.restricts_sending());
+        if restricted && !hello.partial {
+            return Err(format!(
+                "sync.rules here withhold rows from node {}, but it is a full replica: set \
+                 sync.partial = true on it (or drop its rules here)",
+                hello.node_id
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a log read for a link's peer must respect.
+    fn outbound(&self, link: LinkId) -> ReadFor {
+        let Some(info) = self.links.get(&link) else {
+            return ReadFor::default();
+        };
+        ReadFor {
+            partial: info.partial,
+            rules: self
+                .shared
+                .config
+                .sync
+                .rules_for(&info.label)
+                .filter(|r| r.restricts_sending())
+                .cloned(),
+        }
+    }
+
+    /// Sends, ahead of `entries`, the certificates of the keys that signed
+    /// them that this link has not sent yet.
+    fn send_keys_for(&mut self, link: LinkId, entries: &[LogEntry]) {
+        let Some(keys) = self.shared.db.keys() else {
+            return;
+        };
+        let Some(info) = self.links.get_mut(&link) else {
+            return;
+        };
+        let mut certs = Vec::new();
+        for entry in entries.iter().filter(|e| !e.is_placeholder()) {
+            if info.keys_sent.insert(entry.key_id) {
+                match keys.certificate(entry.key_id) {
+                    Some(cert) => certs.push(cert.to_vec()),
+                    None => tracing::warn!(
+                        key = %format!("{:016x}", entry.key_id),
+                        origin = entry.origin,
+                        "no certificate for a key that signed an entry: the peer will refuse it"
+                    ),
+                }
+            }
+        }
+        if !certs.is_empty() {
+            self.send_raw(link, Msg::Keys(certs));
+        }
+    }
+
+    /// Checks and keeps the certificates a peer sent (`sync::keys`). One
+    /// that does not check is logged and counted, and the entries it was
+    /// meant to prove are then refused (`signature`).
+    fn learn_keys(&self, link: LinkId, certs: &[Vec<u8>]) {
+        let Some(keys) = self.shared.db.keys() else {
+            return;
+        };
+        let peer = self.label(link);
+        for cert in certs {
+            if let Err(e) = keys.learn(cert) {
+                tracing::warn!(%peer, "refused a certificate from a peer: {e}");
+                self.shared
+                    .metrics
+                    .sync_rejected_total
+                    .with_label_values(&[&peer, "certificate"])
+                    .inc();
+            }
         }
     }
 
