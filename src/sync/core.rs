@@ -521,7 +521,13 @@ impl Core {
             Msg::Entries(entries) => self.on_entries(link, entries),
             Msg::Snapshot { docs, done } => self.on_snapshot(link, docs, done),
             Msg::Ack { have, batches } => self.on_ack(link, have, batches),
-            Msg::Bye { .. } => self.close(link, "the peer closed the link"),
+            Msg::Bye { reason } => {
+                // Shown in the status: e.g. why the peer refuses this node.
+                for peer in self.peers.iter_mut().filter(|p| p.link == Some(link)) {
+                    peer.last_error = Some(format!("the peer closed the link: {reason}"));
+                }
+                self.close(link, "the peer closed the link")
+            }
             // Certificates are the driver's business (`sync::keys`).
             Msg::Keys(_) => {}
         }
