@@ -579,6 +579,13 @@ fn status(base: &str) -> Result<()> {
         ("log entries", text(&node["log_entries"])),
         ("quarantined", text(&node["quarantined"])),
         (
+            "signing key",
+            match &node["signing_key"] {
+                serde_json::Value::Null => "none (no node certificate)".into(),
+                key => format!("{} ({} keys known)", text(key), text(&node["keys_known"])),
+            },
+        ),
+        (
             "sync listener",
             match &node["sync"]["listen"] {
                 serde_json::Value::Null => "off (no certificate)".into(),

@@ -74,6 +74,8 @@ async fn status(app: web::Data<AppState>) -> HttpResponse {
         "log": log.0.iter().map(|(o, s)| (o.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
         "log_entries": log.total(),
         "quarantined": quarantined,
+        "signing_key": app.db.keys().map(|k| format!("{:016x}", k.own_key_id())),
+        "keys_known": app.db.keys().map(|k| k.known().len()),
         "sync": sync,
         "peers": sync.get("peers").cloned().unwrap_or(serde_json::json!([])),
     }))
