@@ -12,6 +12,7 @@ mod proxy;
 mod repl;
 mod report;
 mod server;
+mod signing;
 mod stats;
 mod workload;
 
@@ -40,6 +41,7 @@ const WORKLOADS: &[&str] = &[
     "repl-throughput",
     "repl-partition",
     "migration",
+    "signing",
     "none",
 ];
 
@@ -118,11 +120,13 @@ pub struct Args {
     /// one Hrana batch), wide-update (one column of a random row of a 20-column table),
     /// hot-row (one row updated --hot-row-updates times, on fresh instances), repl-lag,
     /// repl-throughput, repl-partition (3-node clusters, see --repl-rate ...), migration
-    /// (`outpost migrate` on 100,000 captured rows, quick: 10,000, vs plain SQLite), or none.
+    /// (`outpost migrate` on 100,000 captured rows, quick: 10,000, vs plain SQLite), signing
+    /// (origin signatures: signed vs unsigned writes, verified vs unverified applies,
+    /// in-process), or none.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition,migration"
+        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition,migration,signing"
     )]
     workloads: Vec<String>,
     /// repl-lag: open-loop writes per second, once all on n1 and once spread over the three
@@ -1079,6 +1083,11 @@ fn run(args: &Args) -> Result<Report> {
         if plan.want("migration") {
             if let Err(e) = migration::run(&plan, &a.bin, &a.env, tmp.path(), &mut report) {
                 report.problems.push(format!("migration: {e:#}"));
+            }
+        }
+        if plan.want("signing") {
+            if let Err(e) = signing::run(&plan, tmp.path(), &mut report) {
+                report.problems.push(format!("signing: {e:#}"));
             }
         }
         if plan.rss_rows > 0 || plan.soak_seconds > 0 {

@@ -167,6 +167,8 @@ pub struct Report {
     pub repl: Option<crate::repl::ReplReport>,
     /// The schema-migration workload (issue 10).
     pub migration: Option<crate::migration::MigrationReport>,
+    /// The origin-signature workload (issue 6).
+    pub signing: Option<crate::signing::SigningReport>,
     pub outpost_shutdown: Option<Shutdown>,
     /// Reasons the harness itself is broken (non-empty → non-zero exit).
     pub problems: Vec<String>,
@@ -285,6 +287,7 @@ impl Report {
             soak: None,
             repl: None,
             migration: None,
+            signing: None,
             outpost_shutdown: None,
             problems: Vec::new(),
         }
@@ -395,6 +398,9 @@ impl Report {
         }
         if let Some(m) = &self.migration {
             self.problems.extend(m.problems());
+        }
+        if let Some(s) = &self.signing {
+            self.problems.extend(s.problems());
         }
         self.goals = goals;
 
@@ -777,6 +783,9 @@ impl Report {
         if let Some(m) = &self.migration {
             m.render(&mut out);
         }
+        if let Some(s) = &self.signing {
+            s.render(&mut out);
+        }
         if !self.capture.is_empty() {
             let _ = writeln!(
                 out,
@@ -856,7 +865,8 @@ impl Report {
         let passed = self.results.len() - failed_phases
             + self.hot_row.iter().filter(|h| !h.failed()).count()
             + self.repl.as_ref().map_or(0, |r| r.passed())
-            + self.migration.as_ref().map_or(0, |m| m.passed());
+            + self.migration.as_ref().map_or(0, |m| m.passed())
+            + self.signing.as_ref().map_or(0, |s| s.passed());
         let failed = self.problems.len();
         let _ = writeln!(out, "\nbench: {passed} passed, {failed} failed");
         out

@@ -65,6 +65,8 @@ pub enum CaptureError {
         size: usize,
         max: usize,
     },
+    #[error("the node certificate is for node {cert_node}, not for this data dir's node (see `outpost status`); issue this node its own: `outpost init --data-dir DIR --ca-dir CA --force-cert`")]
+    ForeignKey { cert_node: String },
     #[error("{given} entries in one apply call; crdt.max_apply_batch is {max}")]
     BatchTooLarge { given: usize, max: usize },
 }
@@ -455,6 +457,10 @@ pub struct Capture {
     /// vector) once it commits.
     staged_held: RefCell<VersionVector>,
     trust: Trust,
+    /// Keys whose certificates `_outpost_keys` holds (committed), and those
+    /// the open transaction added.
+    kept_keys: RefCell<HashSet<u64>>,
+    staged_keys: RefCell<HashSet<u64>>,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
 }
@@ -556,6 +562,8 @@ impl Capture {
             events_uncertain: Cell::new(false),
             staged_held: RefCell::new(VersionVector::new()),
             trust,
+            kept_keys: RefCell::new(HashSet::new()),
+            staged_keys: RefCell::new(HashSet::new()),
             events,
             metrics,
         };
@@ -662,6 +670,10 @@ impl Capture {
             if let Err(e) = self.publish_schema(conn) {
                 tracing::error!(error = %e, "reading the schema version failed");
             }
+        }
+        let keys = std::mem::take(&mut *self.staged_keys.borrow_mut());
+        if committed {
+            self.kept_keys.borrow_mut().extend(keys);
         }
         self.announce(conn, committed);
     }
@@ -962,6 +974,11 @@ impl Capture {
         keys: &crate::sync::keys::KeyRing,
         key_id: u64,
     ) -> Result<(), CaptureError> {
+        if self.kept_keys.borrow().contains(&key_id)
+            || !self.staged_keys.borrow_mut().insert(key_id)
+        {
+            return Ok(());
+        }
         if let Some(cert) = keys.certificate(key_id) {
             let node_id = crate::sync::tls::peer_node_id(&cert).unwrap_or_default();
             conn.prepare_cached(&self.sql.text(
@@ -979,6 +996,12 @@ impl Capture {
         let Some(keys) = &self.trust.keys else {
             return Ok(());
         };
+        let own = keys.own_origin();
+        if own.origin != self.client {
+            return Err(CaptureError::ForeignKey {
+                cert_node: own.node_id,
+            });
+        }
         let mut stmt = conn.prepare("SELECT key_id, cert FROM _outpost_keys")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {

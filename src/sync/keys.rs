@@ -162,6 +162,11 @@ impl KeyRing {
         self.own_id
     }
 
+    /// This node's own key and the node its certificate names.
+    pub fn own_origin(&self) -> KnownKey {
+        self.known.read()[&self.own_id].clone()
+    }
+
     /// Signs an entry this node wrote.
     pub fn sign(&self, entry: &mut LogEntry) {
         entry.key_id = self.own_id;
@@ -236,16 +241,17 @@ impl KeyRing {
                 message,
             })
         };
-        let Some(known) = self.known.read().get(&entry.key_id).cloned() else {
+        let known = self.known.read();
+        let Some(key) = known.get(&entry.key_id) else {
             return refuse(format!(
                 "signed with key {:016x}, which no certificate from the cluster CA vouches for",
                 entry.key_id
             ));
         };
-        if known.origin != entry.origin {
+        if key.origin != entry.origin {
             return refuse(format!(
                 "signed with the key of node {} but claims origin {}",
-                known.node_id, entry.origin
+                key.node_id, entry.origin
             ));
         }
         let Ok(signature) = Signature::from_slice(&entry.signature) else {
@@ -254,16 +260,16 @@ impl KeyRing {
                 entry.signature.len()
             ));
         };
-        if known.key.verify(&signed_bytes(entry), &signature).is_err() {
+        if key.key.verify(&signed_bytes(entry), &signature).is_err() {
             return refuse(format!(
                 "the signature of node {} does not match the entry (altered or forged)",
-                known.node_id
+                key.node_id
             ));
         }
-        if self.revoked_nodes.contains(&known.node_id) {
+        if self.revoked_nodes.contains(&key.node_id) {
             return Err(Refusal {
                 code: "revoked",
-                message: format!("node {} is in sync.revoked_nodes", known.node_id),
+                message: format!("node {} is in sync.revoked_nodes", key.node_id),
             });
         }
         if self.revoked_keys.contains(&entry.key_id) {
@@ -271,7 +277,7 @@ impl KeyRing {
                 code: "revoked",
                 message: format!(
                     "key {:016x} of node {} is in sync.revoked_keys",
-                    entry.key_id, known.node_id
+                    entry.key_id, key.node_id
                 ),
             });
         }
