@@ -25,9 +25,11 @@
 //! - `a_placeholder_is_not_applied_on_a_full_replica`: a placeholder (an
 //!   entry with an empty update) is deferred, not applied, nor are the
 //!   entries after it; B's vector stops before it.
-//! - `a_forged_entry_does_not_hide_the_origin_s_real_one` (ignored: it
-//!   fails, see its comment): an entry mallory forges for C's origin must
-//!   not make B treat C's real entry of that seq as held.
+//! - `a_forged_entry_does_not_hide_the_origin_s_real_one`: an entry
+//!   mallory forges for C's origin is quarantined but not held, so C's real
+//!   entry of that seq still applies on B.
+//! - `a_peer_withholding_an_entry_cannot_make_a_hole`: C's genuine seq 2
+//!   relayed without seq 1 is skipped (`gap`), not applied.
 
 mod common;
 
@@ -409,6 +411,9 @@ fn every_attack_in_one_batch_is_quarantined_with_its_reason() {
     let ca = tempfile::tempdir().unwrap();
     let mallory = Identity::new(ca.path());
     let revoked = Identity::new(ca.path());
+    // A node whose writes mallory alters (its key is used only to make a
+    // genuine entry to tamper with).
+    let victim = Identity::new(ca.path());
     let max_update = 4096;
     let b = start_node(
         ca.path(),
@@ -460,13 +465,13 @@ fn every_attack_in_one_batch_is_quarantined_with_its_reason() {
     let big = mine.t(5, 5, "a", &"x".repeat(max_update + 100), 5);
     assert!(big.size() > max_update);
     push(mallory.sign(big), Some("too_large"));
-    // A valid entry whose signature lost a bit.
-    let mut forged = mallory.sign(mine.t(6, 6, "a", "six", 6));
+    // Another node's genuine entry, altered in transit: its signature
+    // lost a bit. Not held: the victim's real seq 1 still applies when an
+    // honest peer sends it (see `a_forged_entry_does_not_hide_the_origin_s_real_one`).
+    let mut forged = victim.sign(Author::new(victim.origin).t(1, 6, "a", "six", 6));
     forged.signature[10] ^= 0x01;
     push(forged, Some("signature"));
-    // C's origin, signed with mallory's own (valid) key. C writes nothing
-    // in this test, so its seq 1 collides with no real entry of C (see
-    // `a_forged_entry_does_not_hide_the_origin_s_real_one` for when it does).
+    // C's origin, signed with mallory's own (valid) key: not held either.
     let claims_c = Author::new(c_origin).t(1, 7, "a", "from c?", 7);
     push(mallory.sign(claims_c), Some("signature"));
     // The revoked node's entry, signed with its own key, relayed by mallory.
@@ -474,7 +479,7 @@ fn every_attack_in_one_batch_is_quarantined_with_its_reason() {
     push(revoked.sign(from_revoked), Some("revoked"));
     // A table mallory may not send.
     let secret = mine.entry(
-        7,
+        6,
         "secret",
         "1",
         &[("id", Value::Integer(1)), ("v", Value::Text("s".into()))],
@@ -482,26 +487,26 @@ fn every_attack_in_one_batch_is_quarantined_with_its_reason() {
     push(mallory.sign(secret), Some("forbidden_table"));
     // A row outside mallory's filter, and a legitimate row moved out of it.
     push(
-        mallory.sign(mine.t(8, 9, "b", "nine", 9)),
+        mallory.sign(mine.t(7, 9, "b", "nine", 9)),
         Some("forbidden_row"),
     );
     push(
-        mallory.sign(mine.t(9, 1, "b", "one", 1)),
+        mallory.sign(mine.t(8, 1, "b", "one", 1)),
         Some("forbidden_row"),
     );
     // A value the CHECK constraint refuses.
     push(
-        mallory.sign(mine.t(10, 10, "a", "ten", -1)),
+        mallory.sign(mine.t(9, 10, "a", "ten", -1)),
         Some("constraint"),
     );
     // B's tenant-'b' row pulled into mallory's partition: the row fails
     // the filter before the change.
     push(
-        mallory.sign(mine.t(11, 100, "a", "stolen", 0)),
+        mallory.sign(mine.t(10, 100, "a", "stolen", 0)),
         Some("forbidden_row"),
     );
     // One more legitimate row, after all the attacks.
-    push(mallory.sign(mine.t(12, 12, "a", "twelve", 12)), None);
+    push(mallory.sign(mine.t(11, 12, "a", "twelve", 12)), None);
 
     let expected: BTreeMap<(u64, u64), String> = batch
         .iter()
@@ -517,15 +522,22 @@ fn every_attack_in_one_batch_is_quarantined_with_its_reason() {
         // mallory only as a partial replica.
         let hello = link.handshake(&mallory.hello(&b, true)).await;
         assert_eq!(hello.node_id, b_id);
-        let certs = vec![mallory.cert_der.clone(), revoked.cert_der.clone()];
+        let certs = vec![
+            mallory.cert_der.clone(),
+            revoked.cert_der.clone(),
+            victim.cert_der.clone(),
+        ];
         link.send(&Msg::Keys(certs)).await.unwrap();
         link.send(&Msg::Entries(entries)).await.unwrap();
         link.acked().await.expect("B acknowledges the batch")
     });
-    // Every entry of the batch is held (applied or quarantined) once B
-    // acknowledged it.
-    assert_eq!(have.get(m), 12, "{have:?}");
+    // Every entry its origin provably wrote is held (applied or
+    // quarantined) once B acknowledged the batch; the forged and
+    // misattributed ones are not, so they hide nothing of their origins.
+    assert_eq!(have.get(m), 11, "{have:?}");
     assert_eq!(have.get(revoked.origin), 1, "{have:?}");
+    assert_eq!(have.get(victim.origin), 0, "{have:?}");
+    assert_eq!(have.get(c_origin), 0, "{have:?}");
 
     // Each attack quarantined with its reason, and nothing else.
     assert_eq!(quarantine(&b), expected);
@@ -557,8 +569,8 @@ fn every_attack_in_one_batch_is_quarantined_with_its_reason() {
 
     // C: B relays an origin only up to its first quarantined entry (a
     // receiver's log must stay dense per origin below its vector; were B to
-    // relay seq 12, C would hold it while lacking 3..11 for good, and never
-    // fetch them once replayed). So C gets mallory's seq 1 and 2, not 12.
+    // relay seq 11, C would hold it while lacking 3..10 for good, and never
+    // fetch them once replayed). So C gets mallory's seq 1 and 2, not 11.
     let on_c = vec![legit[0].clone(), legit[1].clone(), theirs];
     eventually(WAIT, || t_rows(&c).len() >= 3);
     std::thread::sleep(Duration::from_millis(1500));
@@ -771,14 +783,12 @@ fn a_placeholder_is_not_applied_on_a_full_replica() {
 }
 
 /// Mallory forges an entry for C's origin at a seq C has not reached yet.
-/// B refuses it (its update does not even decode; it could as well be a
-/// `signature` refusal), but the quarantine counts as held in B's vector
-/// (`capture::log_vector`) whatever the reason, so when C writes that seq
-/// for real, B takes C's entry for one it holds: C's write never reaches
-/// B, and B relays nothing of C past it. A peer can thus silently censor
-/// another node's writes.
+/// B refuses it (its update does not even decode, and mallory's key cannot
+/// sign for C). Were the refused entry held in B's vector, B would take
+/// C's real entry of that seq for one it holds, and C's write would never
+/// reach B: a peer could silently censor another node's writes. Only what
+/// its origin provably wrote is held (`Capture::quarantine`).
 #[test]
-#[ignore = "fails: a forged entry for another origin hides that origin's real entry (vector poisoning)"]
 fn a_forged_entry_does_not_hide_the_origin_s_real_one() {
     let ca = tempfile::tempdir().unwrap();
     let mallory = Identity::new(ca.path());
@@ -819,4 +829,58 @@ fn a_forged_entry_does_not_hide_the_origin_s_real_one() {
         vec![json!([1, "c", "real", 1]), json!([2, "c", "real", 2])],
         "C's writes did not all reach B"
     );
+}
+
+/// A peer relays C's genuine seq 2 but withholds seq 1. Applying it would
+/// put C at 2 in B's vector with seq 1 missing for good: no peer would
+/// ever send it. B skips it (counted as `gap`), holds nothing of C, and
+/// takes C's entries when they come in order.
+#[test]
+fn a_peer_withholding_an_entry_cannot_make_a_hole() {
+    let ca = tempfile::tempdir().unwrap();
+    let mallory = Identity::new(ca.path());
+    let b = start_node(ca.path(), vec![], vec![]);
+    let c = start_node(ca.path(), vec![], vec![]);
+    let c_origin: u64 = c.status()["origin"].as_str().unwrap().parse().unwrap();
+    // C's seq 2, signed with C's own key (as a relay would hold it).
+    let c_key = std::fs::read_to_string(c.data_dir().join("tls/node.key")).unwrap();
+    let c_signing = SigningKey::from_pkcs8_pem(&c_key).unwrap();
+    let c_cert = std::fs::read(c.data_dir().join("tls/node.pem")).unwrap();
+    let c_cert = rustls_pemfile::certs(&mut &c_cert[..])
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let mut second = Author::new(c_origin).t(2, 2, "a", "second", 2);
+    second.key_id = key_id(&c_signing.verifying_key());
+    second.signature = c_signing.sign(&signed_bytes(&second)).to_bytes().to_vec();
+    let rt = runtime();
+    let have = rt.block_on(async {
+        let mut link = Link::open(&b, &mallory).await;
+        link.handshake(&mallory.hello(&b, false)).await;
+        link.send(&Msg::Keys(vec![c_cert])).await.unwrap();
+        link.send(&Msg::Entries(vec![second])).await.unwrap();
+        link.acked().await.expect("B acknowledges the batch")
+    });
+    assert_eq!(have.get(c_origin), 0, "{have:?}");
+    assert!(t_rows(&b).is_empty());
+    assert!(quarantine(&b).is_empty());
+    assert_eq!(rejected(&b, &mallory.node_id, "gap"), 1);
+
+    // C's real seq 1 and 2 reach B once C links to it.
+    c.sql("INSERT INTO t VALUES (1, 'c', 'real', 1)", vec![]);
+    c.sql("INSERT INTO t VALUES (2, 'c', 'real', 2)", vec![]);
+    let c = c.restart(Options {
+        ca_dir: None,
+        sync_listen: Some("127.0.0.1:0".into()),
+        peers: vec![b.sync.clone().unwrap()],
+        env: sync_env(),
+        ..Options::default()
+    });
+    eventually(WAIT, || t_rows(&b).len() == 2);
+    assert_eq!(
+        t_rows(&b),
+        vec![json!([1, "c", "real", 1]), json!([2, "c", "real", 2])]
+    );
+    assert_checks(&[&b, &c]);
 }

@@ -182,6 +182,10 @@ pub enum Applied {
     /// Not applied and quarantined, with the reason (the rest of the batch
     /// still applies).
     Rejected(String),
+    /// Not applied, not quarantined, not held: the entry before it (same
+    /// origin) is not held here (see `Capture::follows_held`). Sent again
+    /// on a later link.
+    Skipped(String),
     /// Not applied and not quarantined: written under a newer schema than
     /// this node's. Every later entry of the batch is deferred too, so that
     /// nothing of that origin is applied past the gap; the sender keeps the
@@ -254,19 +258,34 @@ pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     // Signatures (issue 6) came after the first data dirs: add their columns.
     for table in ["_outpost_log", "_outpost_quarantine"] {
-        let has: bool = conn.query_row(
-            &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'sig'"),
-            [],
-            |r| r.get(0),
+        add_column(conn, table, "key_id", "INTEGER NOT NULL DEFAULT 0")?;
+        add_column(conn, table, "sig", "BLOB NOT NULL DEFAULT x''")?;
+    }
+    if add_column(
+        conn,
+        "_outpost_quarantine",
+        "held",
+        "INTEGER NOT NULL DEFAULT 1",
+    )? {
+        conn.execute_batch(
+            "UPDATE _outpost_quarantine SET held = 0 WHERE code IN ('range', 'own_origin')",
         )?;
-        if !has {
-            conn.execute_batch(&format!(
-                "ALTER TABLE {table} ADD COLUMN key_id INTEGER NOT NULL DEFAULT 0;
-                 ALTER TABLE {table} ADD COLUMN sig BLOB NOT NULL DEFAULT x'';"
-            ))?;
-        }
     }
     Ok(())
+}
+
+/// Adds a column to an internal table that lacks it (a data dir from an
+/// older version). Returns whether it was added.
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<bool> {
+    let has: bool = conn.query_row(
+        &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"),
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(!has)
 }
 
 /// Reads the node id from `_outpost_meta` and derives the yrs client id.
@@ -492,15 +511,14 @@ impl Trust {
     }
 }
 
-/// The highest seq per origin in the log and the quarantine (except
-/// entries refused for their origin or seq themselves: those name no real
-/// entry of that origin).
+/// The highest seq per origin in the log and the quarantine's *held*
+/// entries (see [`Capture::quarantine`]: only entries their origin
+/// provably wrote count as held).
 pub fn log_vector(conn: &Connection) -> rusqlite::Result<VersionVector> {
     let mut vv = VersionVector::new();
     for sql in [
         "SELECT origin, max(seq) FROM _outpost_log GROUP BY origin",
-        "SELECT origin, max(seq) FROM _outpost_quarantine
-         WHERE code NOT IN ('range', 'own_origin') GROUP BY origin",
+        "SELECT origin, max(seq) FROM _outpost_quarantine WHERE held GROUP BY origin",
         "SELECT origin, upto FROM _outpost_compacted",
     ] {
         let mut stmt = conn.prepare(sql)?;
@@ -856,6 +874,16 @@ impl Capture {
         if self.has_entry(conn, entry.origin, entry.seq)? {
             return Ok(Applied::Duplicate);
         }
+        if self.reject_entry_id(entry).is_none() && !self.follows_held(conn, entry)? {
+            self.metrics
+                .sync_rejected_total
+                .with_label_values(&[peer, "gap"])
+                .inc();
+            return Ok(Applied::Skipped(format!(
+                "seq {} of origin {} does not follow an entry this node holds",
+                entry.seq, entry.origin
+            )));
+        }
         match self.admit(conn, entry, peer)? {
             Verdict::Applied => Ok(Applied::Applied),
             Verdict::Deferred(why) => Ok(Applied::Deferred(why)),
@@ -1090,6 +1118,14 @@ impl Capture {
 
     /// Records a refused entry in `_outpost_quarantine` (kept once; it is
     /// never applied or forwarded) and counts it.
+    ///
+    /// It counts as *held* (in the version vector: peers do not send it
+    /// again, and later entries of its origin apply) only if its origin
+    /// provably wrote it: its signature verifies (or this node verifies
+    /// none). Otherwise anyone could hide an origin's real entry by sending
+    /// a forged one with its seq first: a forged, corrupt or oversized
+    /// entry that does not verify is kept for the operator but not held,
+    /// and the real one is still applied when an honest peer sends it.
     fn quarantine(
         &self,
         conn: &Connection,
@@ -1097,6 +1133,7 @@ impl Capture {
         peer: &str,
         rejection: Rejection,
     ) -> Result<Applied, CaptureError> {
+        let held = self.holds_refused(entry, rejection.code);
         tracing::warn!(
             peer,
             origin = entry.origin,
@@ -1108,8 +1145,8 @@ impl Capture {
         );
         conn.prepare_cached(&self.sql.text(
             "INSERT OR IGNORE INTO _outpost_quarantine (origin, seq, hlc, tbl, pk,
-                 schema_version, \"update\", peer, code, reason, at_ms, key_id, sig)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 schema_version, \"update\", peer, code, reason, at_ms, key_id, sig, held)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         ))?
         .execute(params![
             entry.origin as i64,
@@ -1124,9 +1161,10 @@ impl Capture {
             rejection.message,
             Hlc::now_ms() as i64,
             entry.key_id as i64,
-            entry.signature
+            entry.signature,
+            held
         ])?;
-        if !matches!(rejection.code, "range" | "own_origin") {
+        if held {
             self.staged_held
                 .borrow_mut()
                 .observe(entry.origin, entry.seq);
@@ -1139,6 +1177,43 @@ impl Capture {
             "{}: {}",
             rejection.code, rejection.message
         )))
+    }
+
+    /// Whether a refused entry counts as held (see [`Capture::quarantine`]).
+    fn holds_refused(&self, entry: &LogEntry, code: &str) -> bool {
+        match code {
+            // Not an entry of that origin's sequence at all.
+            "range" | "own_origin" => false,
+            "signature" => false,
+            // Refused before the signature was looked at: held if it verifies.
+            "too_large" | "decode" => {
+                self.trust.keys.as_ref().is_none_or(
+                    |keys| !matches!(keys.verify(entry), Err(r) if r.code == "signature"),
+                )
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether `entry` follows what this node holds of its origin: its
+    /// predecessor is in the log, compacted, or held in quarantine. An
+    /// entry that does not is skipped (not applied, not held): applying it
+    /// would leave a hole below the version vector that no peer would fill.
+    /// Honest peers send each origin densely; a gap comes from a peer that
+    /// withholds or from an entry refused unproven.
+    fn follows_held(&self, conn: &Connection, entry: &LogEntry) -> Result<bool, CaptureError> {
+        if entry.seq <= 1 || self.has_entry(conn, entry.origin, entry.seq - 1)? {
+            return Ok(true);
+        }
+        Ok(conn
+            .prepare_cached(
+                &self.sql.text(
+                    "SELECT 1 FROM _outpost_quarantine WHERE origin = ?1 AND seq = ?2 AND held",
+                ),
+            )?
+            .query_row([entry.origin as i64, entry.seq as i64 - 1], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// Runs quarantined entries matching `filter` through the checks and
@@ -1176,6 +1251,12 @@ impl Capture {
             // In the log already (a peer sent it again once it applied):
             // only the quarantine's copy goes. Below the compaction floor it
             // is applied all the same: this node never merged it.
+            if !in_log && !self.follows_held(conn, &entry)? {
+                // Its predecessor is not held here yet: replay it later.
+                report.still_refused += 1;
+                *report.reasons.entry("gap".to_string()).or_default() += 1;
+                continue;
+            }
             let verdict = if in_log {
                 Verdict::Applied
             } else {
@@ -1200,8 +1281,10 @@ impl Capture {
                     );
                 }
                 Verdict::Refused(rejection) => {
+                    let held = self.holds_refused(&entry, rejection.code);
                     conn.prepare_cached(&self.sql.text(
-                        "UPDATE _outpost_quarantine SET code = ?3, reason = ?4, at_ms = ?5
+                        "UPDATE _outpost_quarantine SET code = ?3, reason = ?4, at_ms = ?5,
+                             held = ?6
                          WHERE origin = ?1 AND seq = ?2",
                     ))?
                     .execute(params![
@@ -1209,8 +1292,14 @@ impl Capture {
                         entry.seq as i64,
                         rejection.code,
                         rejection.message,
-                        Hlc::now_ms() as i64
+                        Hlc::now_ms() as i64,
+                        held
                     ])?;
+                    if held {
+                        self.staged_held
+                            .borrow_mut()
+                            .observe(entry.origin, entry.seq);
+                    }
                     report.still_refused += 1;
                     *report
                         .reasons
@@ -1235,8 +1324,8 @@ impl Capture {
         Ok(report)
     }
 
-    /// Checks that need no table: origin and seq, size, decoding.
-    fn reject_entry(&self, entry: &LogEntry) -> Option<Rejection> {
+    /// The entry names a real entry of another node: origin and seq in range.
+    fn reject_entry_id(&self, entry: &LogEntry) -> Option<Rejection> {
         if entry.origin == self.client {
             return Some(Rejection::new(
                 "own_origin",
@@ -1245,6 +1334,14 @@ impl Capture {
         }
         if entry.origin == 0 || entry.origin >= 1 << 53 || entry.seq == 0 || entry.seq >= 1 << 62 {
             return Some(Rejection::new("range", "origin or seq out of range"));
+        }
+        None
+    }
+
+    /// Checks that need no table: origin and seq, size, decoding.
+    fn reject_entry(&self, entry: &LogEntry) -> Option<Rejection> {
+        if let Some(rejection) = self.reject_entry_id(entry) {
+            return Some(rejection);
         }
         if entry.size() > self.config.max_update_bytes {
             return Some(Rejection::new(

@@ -88,7 +88,8 @@ impl LogReader {
              WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
         )?;
         let mut quarantined = conn.prepare_cached(
-            "SELECT min(seq) FROM _outpost_quarantine WHERE origin = ?1 AND seq > ?2 AND seq <= ?3",
+            "SELECT min(seq) FROM _outpost_quarantine
+             WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 AND held",
         )?;
         let mut entries = Vec::new();
         let mut bytes = 0;

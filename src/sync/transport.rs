@@ -1198,7 +1198,7 @@ async fn apply(shared: &Shared, label: &str, peer: &str, entries: Vec<LogEntry>)
                         stats.lag_seconds = now_ms.saturating_sub(wall_ms) as f64 / 1000.0;
                         lag.observe(stats.lag_seconds);
                     }
-                    Applied::Rejected(_) => stats.rejected += 1,
+                    Applied::Rejected(_) | Applied::Skipped(_) => stats.rejected += 1,
                     _ => {}
                 }
             }
