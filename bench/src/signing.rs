@@ -41,6 +41,9 @@ pub struct Round {
     pub write_plain_us: f64,
     pub apply_verified_us: f64,
     pub apply_plain_us: f64,
+    /// The Ed25519 operations alone (`KeyRing::sign`, `KeyRing::verify`) on the same entries.
+    pub sign_only_us: f64,
+    pub verify_only_us: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -95,6 +98,12 @@ impl SigningReport {
                 a - b
             );
         }
+        let _ = writeln!(
+            out,
+            "  of which Ed25519 alone: sign {:.1} µs, verify {:.1} µs per entry",
+            self.median(|r| r.sign_only_us),
+            self.median(|r| r.verify_only_us)
+        );
         if let Some(p) = &self.problem {
             let _ = writeln!(out, "  PROBLEM: {p}");
         }
@@ -230,15 +239,38 @@ fn one_round(dir: &Path, rows: u64) -> Result<Round> {
     let ring = verifier.db.keys().context("the verifier has a key")?;
     ring.learn(&cert).map_err(anyhow::Error::msg)?;
     let receiver = Node::open(&dir.join("receiver"), None)?;
+    let (sign_only_us, verify_only_us) = crypto_only(keys, ring, &signed_log)?;
     let apply_verified_us = verifier.apply(signed_log)?;
     let apply_plain_us = receiver.apply(plain_log)?;
     for node in [&signed, &plain, &verifier, &receiver] {
         node.db.shutdown();
     }
     Ok(Round {
+        sign_only_us,
+        verify_only_us,
         write_signed_us,
         write_plain_us,
         apply_verified_us,
         apply_plain_us,
     })
+}
+
+/// µs per entry to sign each entry again with `keys`, and to verify each with `ring`.
+fn crypto_only(
+    keys: &outpost::sync::keys::KeyRing,
+    ring: &outpost::sync::keys::KeyRing,
+    log: &[LogEntry],
+) -> Result<(f64, f64)> {
+    let mut copies = log.to_vec();
+    let started = Instant::now();
+    for entry in &mut copies {
+        keys.sign(entry);
+    }
+    let sign = started.elapsed().as_secs_f64() * 1e6 / log.len() as f64;
+    let started = Instant::now();
+    for entry in &copies {
+        ring.verify(entry).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+    }
+    let verify = started.elapsed().as_secs_f64() * 1e6 / log.len() as f64;
+    Ok((sign, verify))
 }
