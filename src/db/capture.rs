@@ -1066,26 +1066,18 @@ impl Capture {
         keys: &crate::sync::keys::KeyRing,
     ) -> Result<usize, CaptureError> {
         self.remember_key(conn, keys, keys.own_key_id())?;
-        let mut select = conn.prepare(
-            "SELECT seq, hlc, tbl, pk, schema_version, \"update\" FROM _outpost_log
+        let mut select = conn.prepare(&format!(
+            "SELECT {} FROM _outpost_log
              WHERE origin = ?1 AND key_id = 0 AND length(\"update\") > 0",
-        )?;
+            super::log::ENTRY_COLUMNS
+        ))?;
         let mut update = conn.prepare(
             "UPDATE _outpost_log SET key_id = ?3, sig = ?4 WHERE origin = ?1 AND seq = ?2",
         )?;
         let mut rows = select.query([self.client as i64])?;
         let mut n = 0;
         while let Some(row) = rows.next()? {
-            let mut entry = LogEntry {
-                origin: self.client,
-                seq: row.get::<_, i64>(0)? as u64,
-                hlc: row.get::<_, i64>(1)? as u64,
-                table: row.get(2)?,
-                key: row.get(3)?,
-                schema_version: row.get(4)?,
-                update: row.get(5)?,
-                ..LogEntry::default()
-            };
+            let mut entry = super::log::entry_of(self.client, row)?;
             keys.sign(&mut entry);
             update.execute(params![
                 entry.origin as i64,

@@ -83,10 +83,10 @@ impl LogReader {
     ) -> rusqlite::Result<Vec<LogEntry>> {
         let conn = self.conn.lock();
         let mut rows_filter = RowFilter::default();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, hlc, tbl, pk, schema_version, \"update\", key_id, sig FROM _outpost_log
-             WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM _outpost_log
+             WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4"
+        ))?;
         let mut quarantined = conn.prepare_cached(
             "SELECT min(seq) FROM _outpost_quarantine
              WHERE origin = ?1 AND seq > ?2 AND seq <= ?3 AND held",
@@ -110,17 +110,7 @@ impl LogReader {
                 left as i64
             ])?;
             while let Some(row) = rows.next()? {
-                let entry = LogEntry {
-                    origin,
-                    seq: row.get::<_, i64>(0)? as u64,
-                    hlc: row.get::<_, i64>(1)? as u64,
-                    table: row.get(2)?,
-                    key: row.get(3)?,
-                    schema_version: row.get(4)?,
-                    update: row.get(5)?,
-                    key_id: row.get::<_, i64>(6)? as u64,
-                    signature: row.get(7)?,
-                };
+                let entry = entry_of(origin, row)?;
                 if entry.schema_version > max_schema {
                     break;
                 }
@@ -217,6 +207,24 @@ impl LogReader {
         }
         Ok(docs)
     }
+}
+
+/// The columns of `_outpost_log` that [`entry_of`] reads, in its order.
+pub(crate) const ENTRY_COLUMNS: &str = "seq, hlc, tbl, pk, schema_version, \"update\", key_id, sig";
+
+/// A log entry of `origin` from a row selecting [`ENTRY_COLUMNS`].
+pub(crate) fn entry_of(origin: u64, row: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
+    Ok(LogEntry {
+        origin,
+        seq: row.get::<_, i64>(0)? as u64,
+        hlc: row.get::<_, i64>(1)? as u64,
+        table: row.get(2)?,
+        key: row.get(3)?,
+        schema_version: row.get(4)?,
+        update: row.get(5)?,
+        key_id: row.get::<_, i64>(6)? as u64,
+        signature: row.get(7)?,
+    })
 }
 
 /// Evaluates a peer's rules on the sender's rows (`sync::rules`), with the
