@@ -661,6 +661,8 @@ struct LinkInfo {
     tx: mpsc::Sender<Msg>,
     /// The peer's node id once its Hello came, else its URL or "inbound".
     label: String,
+    /// The peer's Hello arrived (and was admitted).
+    greeted: bool,
     /// The peer said it is a partial replica.
     partial: bool,
     /// Keys whose certificates this link has sent.
@@ -732,6 +734,7 @@ impl Driver {
                         LinkInfo {
                             tx,
                             label,
+                            greeted: false,
                             partial: false,
                             keys_sent: HashSet::new(),
                         },
@@ -746,15 +749,16 @@ impl Driver {
                             link,
                             msg: Msg::Hello(hello),
                         } => {
-                            if let Some(info) = self.links.get_mut(link) {
-                                info.label = hello.node_id.clone();
-                                info.partial = hello.partial;
-                            }
                             if let Err(why) = self.admit_peer(hello) {
                                 tracing::warn!(peer = %hello.node_id, "refusing a sync link: {why}");
                                 self.send_raw(*link, Msg::Bye { reason: why });
                                 self.drop_link(*link);
                                 continue;
+                            }
+                            if let Some(info) = self.links.get_mut(link) {
+                                info.label = hello.node_id.clone();
+                                info.partial = hello.partial;
+                                info.greeted = true;
                             }
                         }
                         Input::Received {
@@ -973,6 +977,11 @@ impl Driver {
         let Some(keys) = self.shared.db.keys() else {
             return;
         };
+        // Only from a peer admitted by its Hello (the core closes a link
+        // that sends anything before it).
+        if !self.links.get(&link).is_some_and(|l| l.greeted) {
+            return;
+        }
         let peer = self.label(link);
         for cert in certs {
             if let Err(e) = keys.learn(cert) {
