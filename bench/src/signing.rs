@@ -269,7 +269,8 @@ fn crypto_only(
     let sign = started.elapsed().as_secs_f64() * 1e6 / log.len() as f64;
     let started = Instant::now();
     for entry in &copies {
-        ring.verify(entry).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+        ring.verify(entry)
+            .map_err(|r| anyhow::anyhow!("{}", r.message))?;
     }
     let verify = started.elapsed().as_secs_f64() * 1e6 / log.len() as f64;
     Ok((sign, verify))
