@@ -839,10 +839,13 @@ impl Capture {
     /// (foreign keys off: rows arrive in any order). Each entry is applied
     /// entirely or not at all.
     /// `peer` names the sender, for the quarantine and the metrics.
+    /// `verdicts`: each entry's signature check (`KeyRing::verify`), made
+    /// before on another thread; None: checked here.
     pub fn apply(
         &self,
         conn: &Connection,
         entries: &[LogEntry],
+        verdicts: Option<&[Result<(), crate::sync::keys::Refusal>]>,
         peer: &str,
     ) -> Result<Vec<Applied>, CaptureError> {
         if entries.len() > self.config.max_apply_batch {
@@ -855,10 +858,11 @@ impl Capture {
         self.flush(conn)?;
         self.staged_source.set("remote");
         let mut outcomes = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for (i, entry) in entries.iter().enumerate() {
+            let verdict = verdicts.and_then(|v| v.get(i));
             let outcome = match outcomes.last() {
                 Some(Applied::Deferred(why)) => Applied::Deferred(why.clone()),
-                _ => self.apply_one(conn, entry, peer)?,
+                _ => self.apply_one(conn, entry, verdict, peer)?,
             };
             outcomes.push(outcome);
         }
@@ -869,6 +873,7 @@ impl Capture {
         &self,
         conn: &Connection,
         entry: &LogEntry,
+        verdict: Option<&Result<(), crate::sync::keys::Refusal>>,
         peer: &str,
     ) -> Result<Applied, CaptureError> {
         if self.has_entry(conn, entry.origin, entry.seq)? {
@@ -884,7 +889,7 @@ impl Capture {
                 entry.seq, entry.origin
             )));
         }
-        match self.admit(conn, entry, peer)? {
+        match self.admit(conn, entry, verdict, peer)? {
             Verdict::Applied => Ok(Applied::Applied),
             Verdict::Deferred(why) => Ok(Applied::Deferred(why)),
             Verdict::Refused(rejection) => self.quarantine(conn, entry, peer, rejection),
@@ -924,6 +929,7 @@ impl Capture {
         &self,
         conn: &Connection,
         entry: &LogEntry,
+        verdict: Option<&Result<(), crate::sync::keys::Refusal>>,
         peer: &str,
     ) -> Result<Verdict, CaptureError> {
         if let Some(rejection) = self.reject_entry(entry) {
@@ -933,7 +939,8 @@ impl Capture {
             return self.admit_placeholder(conn, entry);
         }
         if let Some(keys) = &self.trust.keys {
-            if let Err(refusal) = keys.verify(entry) {
+            let verdict = verdict.cloned().unwrap_or_else(|| keys.verify(entry));
+            if let Err(refusal) = verdict {
                 return Ok(Verdict::Refused(Rejection::new(
                     refusal.code,
                     refusal.message,
@@ -1252,7 +1259,7 @@ impl Capture {
             let verdict = if in_log {
                 Verdict::Applied
             } else {
-                self.admit(conn, &entry, &peer)?
+                self.admit(conn, &entry, None, &peer)?
             };
             let key = params![entry.origin as i64, entry.seq as i64];
             match verdict {

@@ -295,14 +295,27 @@ impl Database {
     /// Merges remote change-log entries (replication's apply path): one
     /// transaction; each entry applied, a duplicate, or rejected with a reason.
     /// `peer` names the sender (quarantine, metrics).
+    ///
+    /// Signatures are verified first, on a blocking thread: the writer
+    /// thread, which every write waits for, only reads the verdicts.
     pub async fn apply(
         &self,
         entries: Vec<capture::LogEntry>,
         peer: &str,
     ) -> Result<Vec<capture::Applied>, SqlError> {
+        let (entries, verdicts) = match self.keys.clone() {
+            Some(keys) => tokio::task::spawn_blocking(move || {
+                let verdicts = entries.iter().map(|e| keys.verify(e)).collect();
+                (entries, Some(verdicts))
+            })
+            .await
+            .map_err(|e| SqlError::new("INTERNAL", format!("verifying signatures: {e}")))?,
+            None => (entries, None),
+        };
         let (reply, rx) = oneshot::channel();
         self.writer.submit_internal(writer::InternalJob::Apply {
             entries,
+            verdicts,
             peer: peer.to_string(),
             reply,
         })?;

@@ -38,6 +38,8 @@ pub enum InternalJob {
     /// Merge remote log entries (replication).
     Apply {
         entries: Vec<LogEntry>,
+        /// Each entry's signature check, done before (None: check here).
+        verdicts: Option<Vec<Result<(), crate::sync::keys::Refusal>>>,
         /// The sender, for the quarantine and metrics.
         peer: String,
         reply: oneshot::Sender<Result<Vec<Applied>, SqlError>>,
@@ -268,10 +270,13 @@ impl Writer {
         match job {
             InternalJob::Apply {
                 entries,
+                verdicts,
                 peer,
                 reply,
             } => {
-                let _ = reply.send(self.apply(&entries, &peer));
+                let _ = reply.send(self.in_apply_transaction(|capture| {
+                    capture.apply(&self.conn, &entries, verdicts.as_deref(), &peer)
+                }));
             }
             InternalJob::ApplySnapshot {
                 docs,
@@ -401,10 +406,6 @@ impl Writer {
 
     /// Applies remote entries in one transaction, foreign keys off (rows
     /// arrive in any order; each node checks its own writes).
-    fn apply(&self, entries: &[LogEntry], peer: &str) -> Result<Vec<Applied>, SqlError> {
-        self.in_apply_transaction(|capture| capture.apply(&self.conn, entries, peer))
-    }
-
     /// Runs `work` in a transaction of its own with foreign keys off, with
     /// internal access; commits if it succeeds, else rolls back.
     fn in_apply_transaction<T>(
