@@ -173,15 +173,37 @@ fn protocol_error(message: &str) -> CloseReason {
     }
 }
 
+/// Parses one client message; `Err` closes the connection.
+fn decode(text: &str) -> Result<ClientMsg, CloseReason> {
+    serde_json::from_str(text).map_err(|e| protocol_error(&format!("invalid Hrana message: {e}")))
+}
+
+/// The statements and batches a client message carries, as the server
+/// decodes it (`Err`: the reason it would close the connection). For the
+/// fuzz target `hrana_request` (fuzz/), which runs what the server checks
+/// before the database on them; the server itself does not call it.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(text: &str) -> Result<(Vec<Stmt>, Vec<Batch>), String> {
+    let msg = decode(text).map_err(|reason| reason.description.unwrap_or_default())?;
+    let ClientMsg::Request { request, .. } = msg else {
+        return Ok(Default::default());
+    };
+    Ok(match request {
+        WsRequest::Execute { stmt, .. } => (vec![stmt], Vec::new()),
+        WsRequest::Batch { batch, .. } | WsRequest::OpenCursor { batch, .. } => {
+            (Vec::new(), vec![batch])
+        }
+        _ => Default::default(),
+    })
+}
+
 /// Handles one client message; `Err` closes the connection.
 async fn handle_message(
     app: &AppState,
     conn: &mut Conn,
     text: &str,
 ) -> Result<Option<Json>, CloseReason> {
-    let msg: ClientMsg = serde_json::from_str(text)
-        .map_err(|e| protocol_error(&format!("invalid Hrana message: {e}")))?;
-    match msg {
+    match decode(text)? {
         ClientMsg::Hello { jwt } => match app.auth.authenticate_token(jwt.as_deref()) {
             Ok(access) => {
                 conn.access = Some(access);
