@@ -13,6 +13,7 @@
 //! - [`metrics`]: the Prometheus registry and every metric name;
 //! - [`sync`]: replication between nodes (sans-IO core, mutual-TLS transport).
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 use outpost::auth::{self, Access};
 use outpost::config::Config;
 
+/// Caps allocations while decoding peers' updates (`outpost::alloc`).
+#[global_allocator]
+static ALLOCATOR: outpost::alloc::Capped = outpost::alloc::Capped;
+
 mod dev;
 
 #[derive(Parser)]

@@ -884,3 +884,52 @@ fn a_peer_withholding_an_entry_cannot_make_a_hole() {
     );
     assert_checks(&[&b, &c]);
 }
+
+/// The peak resident memory of a process (`VmHWM`), bytes.
+fn peak_rss(node: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// Updates a few bytes long whose counts ask yrs for gigabytes (found by
+/// the `apply_entry` fuzz target): each is refused as `decode` without the
+/// node reserving and touching that memory (`outpost::alloc`).
+#[test]
+fn allocation_bombs_are_refused_cheaply() {
+    let ca = tempfile::tempdir().unwrap();
+    let mallory = Identity::new(ca.path());
+    let b = start_node(ca.path(), vec![], vec![]);
+    let before = peak_rss(&b);
+    let m = mallory.origin;
+    let mut mine = Author::new(m);
+    let bombs: [&[u8]; 2] = [&[0x80, 0x80, 0x80, 0x80, 0x01], &[0x80, 0x80, 0x80, 0x40]];
+    let batch: Vec<LogEntry> = (1..=40u64)
+        .map(|seq| {
+            let mut entry = mine.t(seq, seq as i64, "a", "bomb", 1);
+            entry.update = bombs[seq as usize % 2].to_vec();
+            mallory.sign(entry)
+        })
+        .collect();
+    let rt = runtime();
+    let have = rt.block_on(async {
+        let mut link = Link::open(&b, &mallory).await;
+        link.handshake(&mallory.hello(&b, false)).await;
+        link.send(&Msg::Keys(vec![mallory.cert_der.clone()]))
+            .await
+            .unwrap();
+        link.send(&Msg::Entries(batch)).await.unwrap();
+        link.acked().await.expect("B acknowledges the batch")
+    });
+    assert_eq!(have.get(m), 40);
+    let codes: Vec<String> = quarantine(&b).into_values().collect();
+    assert_eq!(codes, vec!["decode".to_string(); 40]);
+    // Uncapped, each of these reserved 256 or 512 MB and touched most of it.
+    let grown = peak_rss(&b).saturating_sub(before);
+    assert!(grown < 100 << 20, "peak RSS grew by {} MiB", grown >> 20);
+    assert_checks(&[&b]);
+}

@@ -11,3 +11,8 @@ use outpost_fuzz::apply::Env;
 fuzz_target!(|data: &[u8]| {
     Env::get().run(data);
 });
+
+/// As in the `outpost` binary: allocations capped while decoding peers'
+/// updates (`outpost::alloc`).
+#[global_allocator]
+static ALLOCATOR: outpost::alloc::Capped = outpost::alloc::Capped;

@@ -277,7 +277,7 @@ impl RowDoc {
     /// Applies a remote update (or a whole encoded state). Applying one
     /// twice changes nothing.
     pub fn apply(&self, update: &[u8]) -> Result<(), DocError> {
-        let update = Update::decode_v1(update).map_err(|e| DocError::Update(e.to_string()))?;
+        let update = decode_update(update).map_err(DocError::Update)?;
         self.doc
             .transact_mut()
             .apply_update(update)
@@ -440,6 +440,15 @@ impl RowDoc {
 }
 
 /// The yrs client id of a node: 53 bits (Yjs's limit) of a hash of its id.
+/// Decodes a yrs update (v1) that may come from a peer, with allocations
+/// capped in proportion to its size (`crate::alloc`): a forged count
+/// fails the decode instead of reserving gigabytes.
+pub fn decode_update(bytes: &[u8]) -> Result<Update, String> {
+    crate::alloc::with_cap(crate::alloc::cap_for(bytes.len()), || {
+        Update::decode_v1(bytes).map_err(|e| e.to_string())
+    })
+}
+
 pub fn client_id_of(node_id: &str) -> u64 {
     use sha2::Digest;
     let hash = sha2::Sha256::digest(node_id.as_bytes());

@@ -7,6 +7,8 @@ pub mod doc;
 pub mod hlc;
 pub mod value;
 
-pub use doc::{client_id_of, Change, DocError, RowDoc, RowView, Slot, Stamp, Unwritten};
+pub use doc::{
+    client_id_of, decode_update, Change, DocError, RowDoc, RowView, Slot, Stamp, Unwritten,
+};
 pub use hlc::Hlc;
 pub use value::{parse_key, CodecError, Value};

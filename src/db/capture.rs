@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use libsql_sys::rusqlite::{self, params, Connection, OptionalExtension};
-use yrs::updates::decoder::Decode;
 
 use super::events::{ChangeEvent, Events, Op};
 use crate::config::CrdtConfig;
@@ -1355,7 +1354,7 @@ impl Capture {
         if entry.is_placeholder() {
             return None;
         }
-        if let Err(e) = yrs::Update::decode_v1(&entry.update) {
+        if let Err(e) = crate::crdt::decode_update(&entry.update) {
             return Some(Rejection::new(
                 "decode",
                 format!("the update does not decode as a yrs update: {e}"),
