@@ -734,3 +734,33 @@ fn a_check_a_node_relaxes_is_replayed_offline() {
     );
     assert_eq!(a.digest(), b.digest());
 }
+
+/// An entry stamped far in the future (a wild clock or a crafted stamp) is
+/// refused (`clock`), and this node's own clock does not follow it: its
+/// next local write is stamped near its wall clock, not at the end of the
+/// range, where it would lose every conflict (found by the `apply_entry`
+/// fuzz target: the clock overflowed).
+#[test]
+fn a_stamp_from_the_far_future_is_refused_and_not_followed() {
+    let a = Node::new(|_| {});
+    a.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)");
+    a.sql("INSERT INTO t VALUES (1, 'one')");
+    let good = &a.log()[0];
+    let b = Node::new(|_| {});
+    b.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)");
+    let future = from_stranger(good, 1, |e| e.hlc = u64::MAX);
+    assert_eq!(codes(&b.apply(&[future])), ["clock"]);
+    b.sql("INSERT INTO t VALUES (2, 'two')");
+    let mine = b
+        .log()
+        .into_iter()
+        .find(|e| e.key == "2")
+        .expect("b's write");
+    let wall_ms = mine.hlc >> 16;
+    let now = outpost::crdt::Hlc::now_ms();
+    assert!(
+        wall_ms <= now && wall_ms + 60_000 > now,
+        "stamped at {wall_ms}, now {now}"
+    );
+    b.check();
+}

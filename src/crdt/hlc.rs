@@ -3,6 +3,13 @@
 //! stamp the node has seen, so a write made after seeing another one always
 //! wins over it, even when the other node's wall clock runs ahead.
 
+/// How far ahead of this node's wall clock a stamp from elsewhere may be.
+/// A remote entry further ahead is refused (`clock`), and the clock never
+/// follows a stamp beyond it: one node with a wild clock (or a crafted
+/// stamp) must not drag every node's clock into the future, or to the end
+/// of its range, where local writes would lose every conflict.
+pub const MAX_AHEAD_MS: u64 = 60 * 60 * 1000;
+
 #[derive(Debug, Default, Clone)]
 pub struct Hlc {
     last: u64,
@@ -16,13 +23,19 @@ impl Hlc {
     /// The next stamp, given the wall clock in milliseconds since the epoch.
     pub fn tick(&mut self, wall_ms: u64) -> u64 {
         let physical = wall_ms << 16;
-        self.last = physical.max(self.last + 1);
+        self.last = physical.max(self.last.saturating_add(1));
         self.last
     }
 
-    /// Takes note of a stamp from elsewhere.
+    /// Takes note of a stamp from elsewhere, up to [`MAX_AHEAD_MS`] ahead
+    /// of the wall clock.
     pub fn observe(&mut self, seen: u64) {
-        self.last = self.last.max(seen);
+        self.last = self.last.max(seen.min(Self::ceiling(Self::now_ms())));
+    }
+
+    /// The highest stamp accepted from elsewhere at wall time `now_ms`.
+    pub fn ceiling(now_ms: u64) -> u64 {
+        (now_ms + MAX_AHEAD_MS) << 16 | 0xffff
     }
 
     pub fn last(&self) -> u64 {
@@ -48,5 +61,17 @@ mod tests {
         assert!(b > a);
         clock.observe(5000 << 16);
         assert!(clock.tick(1001) > 5000 << 16);
+    }
+
+    #[test]
+    fn a_stamp_from_the_far_future_is_not_followed() {
+        let mut clock = Hlc::default();
+        clock.observe(u64::MAX);
+        let now = Hlc::now_ms();
+        assert!(clock.last() <= Hlc::ceiling(Hlc::now_ms()));
+        let next = clock.tick(now);
+        assert!(next > clock.last() - 1 && next < u64::MAX);
+        let mut end = Hlc::starting_after(u64::MAX);
+        assert_eq!(end.tick(now), u64::MAX, "saturates, never wraps to 0");
     }
 }

@@ -899,8 +899,9 @@ impl Capture {
     /// The checks run in this order, the first that fails names the reason
     /// (the code in `_outpost_quarantine` and in
     /// `outpost_sync_rejected_total`):
-    /// 1. `own_origin`, `range`, `too_large`: the origin is not this node,
-    ///    origin and seq are in range, the entry fits `crdt.max_update_bytes`;
+    /// 1. `own_origin`, `range`, `clock`, `too_large`: the origin is not
+    ///    this node, origin and seq are in range, its clock is at most
+    ///    `crdt::hlc::MAX_AHEAD_MS` ahead, it fits `crdt.max_update_bytes`;
     /// 2. `decode`: the update decodes as a yrs update, on its own;
     /// 3. `signature`: signed by a key the cluster CA certified for the
     ///    entry's origin, and the signature matches (`sync::keys`);
@@ -1184,7 +1185,7 @@ impl Capture {
             "range" | "own_origin" => false,
             "signature" => false,
             // Refused before the signature was looked at: held if it verifies.
-            "too_large" | "decode" => {
+            "clock" | "too_large" | "decode" => {
                 self.trust.keys.as_ref().is_none_or(
                     |keys| !matches!(keys.verify(entry), Err(r) if r.code == "signature"),
                 )
@@ -1340,6 +1341,17 @@ impl Capture {
     fn reject_entry(&self, entry: &LogEntry) -> Option<Rejection> {
         if let Some(rejection) = self.reject_entry_id(entry) {
             return Some(rejection);
+        }
+        if entry.hlc > Hlc::ceiling(Hlc::now_ms()) {
+            return Some(Rejection::new(
+                "clock",
+                format!(
+                    "its clock is more than {} s ahead of this node's (wall time {} ms); \
+                     check the origin's clock, then replay",
+                    crate::crdt::hlc::MAX_AHEAD_MS / 1000,
+                    entry.hlc >> 16
+                ),
+            ));
         }
         if entry.size() > self.config.max_update_bytes {
             return Some(Rejection::new(
