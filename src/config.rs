@@ -247,11 +247,6 @@ impl PeerRules {
     pub fn restricts_sending(&self) -> bool {
         self.send_tables.is_some() || !self.filters.is_empty()
     }
-
-    /// Whether the peer may send less than everything.
-    pub fn restricts_accepting(&self) -> bool {
-        self.accept_tables.is_some() || !self.filters.is_empty()
-    }
 }
 
 /// Longest row filter expression accepted.

@@ -484,14 +484,13 @@ pub struct Capture {
 }
 
 /// What capture signs with and what it checks remote entries against
-/// (issue 6): the key ring, whether this node is a partial replica, and
-/// the per-peer rules.
+/// (issue 6): the key ring, and the sync config (whether this node is a
+/// partial replica, the per-peer rules).
 #[derive(Debug, Clone, Default)]
 pub struct Trust {
     /// None: the node has no key (and no sync): it neither signs nor verifies.
     pub keys: Option<Arc<crate::sync::keys::KeyRing>>,
-    pub partial: bool,
-    pub rules: std::collections::BTreeMap<String, crate::config::PeerRules>,
+    pub sync: crate::config::SyncConfig,
 }
 
 impl Trust {
@@ -500,13 +499,8 @@ impl Trust {
     ) -> Result<Trust, crate::sync::keys::KeyError> {
         Ok(Trust {
             keys: crate::sync::keys::KeyRing::load(config)?,
-            partial: config.sync.partial,
-            rules: config.sync.rules.clone(),
+            sync: config.sync.clone(),
         })
-    }
-
-    fn rules_for(&self, peer: &str) -> Option<&crate::config::PeerRules> {
-        self.rules.get(peer).or_else(|| self.rules.get("*"))
     }
 }
 
@@ -891,7 +885,7 @@ impl Capture {
         match self.admit(conn, entry, verdict, peer)? {
             Verdict::Applied => Ok(Applied::Applied),
             Verdict::Deferred(why) => Ok(Applied::Deferred(why)),
-            Verdict::Refused(rejection) => self.quarantine(conn, entry, peer, rejection),
+            Verdict::Refused(rejection) => self.quarantine(conn, entry, verdict, peer, rejection),
         }
     }
 
@@ -958,7 +952,7 @@ impl Capture {
         if let Some(rejection) = self.reject_target(&entry.table, &entry.key) {
             return Ok(Verdict::Refused(rejection));
         }
-        let rules = self.trust.rules_for(peer);
+        let rules = self.trust.sync.rules_for(peer);
         if rules.is_some_and(|r| !r.accepts(&entry.table)) {
             return Ok(Verdict::Refused(Rejection::new(
                 "forbidden_table",
@@ -990,7 +984,7 @@ impl Capture {
         conn: &Connection,
         entry: &LogEntry,
     ) -> Result<Verdict, CaptureError> {
-        if !self.trust.partial {
+        if !self.trust.sync.partial {
             return Ok(Verdict::Deferred(
                 "the peer sent a placeholder for an entry it withholds, but this node is a \
                  full replica (sync.partial is off): it waits for the entry itself"
@@ -1129,10 +1123,11 @@ impl Capture {
         &self,
         conn: &Connection,
         entry: &LogEntry,
+        verdict: Option<&Result<(), crate::sync::keys::Refusal>>,
         peer: &str,
         rejection: Rejection,
     ) -> Result<Applied, CaptureError> {
-        let held = self.holds_refused(entry, rejection.code);
+        let held = self.holds_refused(entry, verdict, rejection.code);
         tracing::warn!(
             peer,
             origin = entry.origin,
@@ -1179,17 +1174,22 @@ impl Capture {
     }
 
     /// Whether a refused entry counts as held (see [`Capture::quarantine`]).
-    fn holds_refused(&self, entry: &LogEntry, code: &str) -> bool {
+    /// `verdict`: the signature check made before, if any (else made here).
+    fn holds_refused(
+        &self,
+        entry: &LogEntry,
+        verdict: Option<&Result<(), crate::sync::keys::Refusal>>,
+        code: &str,
+    ) -> bool {
         match code {
             // Not an entry of that origin's sequence at all.
             "range" | "own_origin" => false,
             "signature" => false,
             // Refused before the signature was looked at: held if it verifies.
-            "clock" | "too_large" | "decode" => {
-                self.trust.keys.as_ref().is_none_or(
-                    |keys| !matches!(keys.verify(entry), Err(r) if r.code == "signature"),
-                )
-            }
+            "clock" | "too_large" | "decode" => self.trust.keys.as_ref().is_none_or(|keys| {
+                let verdict = verdict.cloned().unwrap_or_else(|| keys.verify(entry));
+                !matches!(verdict, Err(r) if r.code == "signature")
+            }),
             _ => true,
         }
     }
@@ -1280,7 +1280,7 @@ impl Capture {
                     );
                 }
                 Verdict::Refused(rejection) => {
-                    let held = self.holds_refused(&entry, rejection.code);
+                    let held = self.holds_refused(&entry, None, rejection.code);
                     conn.prepare_cached(&self.sql.text(
                         "UPDATE _outpost_quarantine SET code = ?3, reason = ?4, at_ms = ?5,
                              held = ?6
@@ -1582,7 +1582,7 @@ impl Capture {
                 key: doc.key.clone(),
                 ..LogEntry::default()
             };
-            let rules = self.trust.rules_for(peer);
+            let rules = self.trust.sync.rules_for(peer);
             let filter = rules.and_then(|r| r.filters.get(&doc.table).map(String::as_str));
             let rejection = match self.reject_target(&doc.table, &doc.key) {
                 Some(rejection) => Some(rejection),
