@@ -709,6 +709,30 @@ mod tests {
     }
 
     #[test]
+    fn row_filters_are_bounded() {
+        let with_filter = |filter: String| {
+            let mut config = Config::default();
+            let rules = PeerRules {
+                filters: [("t".to_string(), filter)].into(),
+                ..PeerRules::default()
+            };
+            config.sync.rules.insert("edge".into(), rules);
+            config.validate()
+        };
+        assert!(with_filter("tenant = 'a'".into()).is_ok());
+        assert!(with_filter("x".repeat(MAX_FILTER_CHARS)).is_ok());
+        for bad in [
+            String::new(),
+            "  ".into(),
+            "x".repeat(MAX_FILTER_CHARS + 1),
+            "1; DROP TABLE t".into(),
+        ] {
+            let err = with_filter(bad.clone()).expect_err(&bad).to_string();
+            assert!(err.contains("sync.rules.edge.filters.t"), "{err}");
+        }
+    }
+
+    #[test]
     fn env_overrides_file() {
         let env = vec![
             ("OUTPOST_DB_READERS".to_string(), "7".to_string()),
