@@ -1453,8 +1453,10 @@ fn a_local_change_larger_than_max_update_bytes_is_refused_at_the_bound() {
         )
     };
     // The largest accepted length, by bisection (each try is its own row).
+    // Ids keep the same width (101, 102, ...): the key counts in the size, and
+    // the last fitting try and the row at the bound must weigh the same.
     let (mut fits, mut too_big) = (0i64, MAX);
-    let mut id = 0;
+    let mut id = 100;
     while too_big - fits > 1 {
         let mid = (fits + too_big) / 2;
         id += 1;
