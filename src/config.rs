@@ -37,6 +37,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub feed: FeedConfig,
     pub schema: SchemaConfig,
+    pub backup: BackupConfig,
     pub log: LogConfig,
 }
 
@@ -321,6 +322,75 @@ impl Default for FeedConfig {
     }
 }
 
+/// The cloud backup (`backup`): log segments and snapshots in object storage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Ship the log and take snapshots while serving.
+    pub enabled: bool,
+    /// Where: `file:///abs/dir` or `s3://bucket/prefix`. Empty: the
+    /// directory `backup` in the data dir. Each node writes under
+    /// `<url>/<node id>/`.
+    pub url: String,
+    /// Committed entries are shipped at least this often (the RPO).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A segment holds at most this many bytes of entries; a backlog this
+    /// large is shipped at once, without waiting for `interval`.
+    pub segment_bytes: usize,
+    /// Unshipped entries the log keeps for the backup, at most. Past it
+    /// (storage down for long), the backup stops holding log compaction
+    /// back, says so loudly, and starts again from a snapshot.
+    pub max_backlog_bytes: u64,
+    /// How often a snapshot is taken (also at start when the backup has
+    /// none, and after each migration).
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Snapshots kept, at most (the newest is always kept).
+    pub snapshot_keep: usize,
+    /// Snapshots older than this are deleted (the newest is always kept).
+    /// Segments older than the oldest snapshot kept go with it: this is
+    /// how far back a point-in-time restore can go.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_max_age: Duration,
+    /// One upload or download attempt, at most.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// zstd level for segments and snapshots (1 fast .. 19 small).
+    pub compression_level: i32,
+    /// S3 endpoint, e.g. `http://127.0.0.1:8333` (unset: AWS_ENDPOINT_URL, else AWS).
+    pub s3_endpoint: Option<String>,
+    /// S3 region (unset: AWS_REGION, else us-east-1).
+    pub s3_region: Option<String>,
+    /// S3 credentials (unset: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint (unset: AWS_ALLOW_HTTP, else false).
+    pub s3_allow_http: Option<bool>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: String::new(),
+            interval: Duration::from_millis(500),
+            segment_bytes: 8 * 1024 * 1024,
+            max_backlog_bytes: 1024 * 1024 * 1024,
+            snapshot_interval: Duration::from_secs(3600),
+            snapshot_keep: 48,
+            snapshot_max_age: Duration::from_secs(7 * 24 * 3600),
+            timeout: Duration::from_secs(60),
+            compression_level: 3,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_allow_http: None,
+        }
+    }
+}
+
 /// Schema migrations: numbered SQL files, applied in order (`db::migrate`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -545,6 +615,8 @@ impl Config {
             ("feed.buffer", self.feed.buffer),
             ("feed.max_subscribers", self.feed.max_subscribers),
             ("feed.max_tables", self.feed.max_tables),
+            ("backup.segment_bytes", self.backup.segment_bytes),
+            ("backup.snapshot_keep", self.backup.snapshot_keep),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -559,10 +631,25 @@ impl Config {
             ("sync.heartbeat", self.sync.heartbeat),
             ("sync.peer_timeout", self.sync.peer_timeout),
             ("schema.recheck_interval", self.schema.recheck_interval),
+            ("backup.interval", self.backup.interval),
+            ("backup.snapshot_interval", self.backup.snapshot_interval),
+            ("backup.timeout", self.backup.timeout),
         ] {
             if d.is_zero() {
                 return invalid(format!("{name} must be greater than 0"));
             }
+        }
+        if !(1..=19).contains(&self.backup.compression_level) {
+            return invalid("backup.compression_level must be from 1 to 19".into());
+        }
+        if (self.backup.max_backlog_bytes as usize) < self.backup.segment_bytes {
+            return invalid(
+                "backup.max_backlog_bytes must be at least backup.segment_bytes".into(),
+            );
+        }
+        if !self.backup.url.is_empty() {
+            crate::backup::store::Location::parse(&self.backup.url)
+                .map_err(|e| ConfigError::Invalid(format!("backup.url: {e}")))?;
         }
         if self.sync.retry_max < self.sync.retry_min {
             return invalid("sync.retry_max must be at least sync.retry_min".into());
@@ -632,6 +719,17 @@ impl Config {
         self.node.data_dir.join("outpost.db")
     }
 
+    /// The backup location: `backup.url`, or `<data_dir>/backup`.
+    pub fn backup_url(&self) -> String {
+        if self.backup.url.is_empty() {
+            let dir = std::path::absolute(self.node.data_dir.join("backup"))
+                .unwrap_or_else(|_| self.node.data_dir.join("backup"));
+            format!("file://{}", dir.display())
+        } else {
+            self.backup.url.clone()
+        }
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.node.data_dir.join("keys")
     }
@@ -654,8 +752,9 @@ fn apply_env_overrides(
     tree: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    const SECTIONS: [&str; 11] = [
-        "node", "api", "admin", "auth", "db", "limits", "crdt", "sync", "feed", "schema", "log",
+    const SECTIONS: [&str; 12] = [
+        "node", "api", "admin", "auth", "db", "limits", "crdt", "sync", "feed", "schema", "backup",
+        "log",
     ];
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("OUTPOST_") else {

@@ -11,11 +11,13 @@
 //! - [`api`]: the actix-web listeners — Hrana over HTTP/WebSocket and admin;
 //! - [`auth`]: Ed25519 JWTs (keys, minting, verification);
 //! - [`metrics`]: the Prometheus registry and every metric name;
-//! - [`sync`]: replication between nodes (sans-IO core, mutual-TLS transport).
+//! - [`sync`]: replication between nodes (sans-IO core, mutual-TLS transport);
+//! - [`backup`]: log segments and snapshots in object storage, restore.
 
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod crdt;
 pub mod db;

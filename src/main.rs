@@ -56,7 +56,8 @@ enum Command {
         /// added to sync.peers).
         #[arg(long)]
         peer: Vec<String>,
-        /// Backup URL (not yet available).
+        /// Backup location, file:///abs/dir or s3://bucket/prefix
+        /// (overrides backup.url).
         #[arg(long)]
         backup: Option<String>,
         /// Log format: text or json (overrides log.format).
@@ -146,15 +147,32 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
-    /// Take a backup snapshot now (not yet available).
+    /// Take a backup snapshot now and upload it (to backup.url, or --to).
+    /// Reads the database directly: works while `outpost serve` runs.
     Backup {
         #[command(flatten)]
         common: Common,
+        /// Backup location (overrides backup.url).
+        #[arg(long)]
+        to: Option<String>,
     },
-    /// Rebuild a node from the cloud backup (not yet available).
+    /// Rebuild a node from the backup into a new data dir, with a new node
+    /// id: the newest snapshot (or the newest before --at), then the log
+    /// segments after it, then `outpost check`.
     Restore {
+        /// Backup location: file:///abs/dir or s3://bucket/prefix.
         #[arg(long)]
         from: String,
+        /// Restore the state at this time: RFC 3339 (2026-11-26T10:00:00Z)
+        /// or Unix milliseconds.
+        #[arg(long)]
+        at: Option<String>,
+        /// Whose backup, when several nodes share the location.
+        #[arg(long)]
+        node: Option<String>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -253,10 +271,10 @@ fn main() -> Result<()> {
                 config.sync.listen = l;
             }
             config.sync.peers.extend(peer);
-            config.validate()?;
-            if backup.is_some() {
-                bail!("--backup is not yet available in this version");
+            if let Some(url) = backup {
+                config.backup.url = url;
             }
+            config.validate()?;
             init_logging(&config);
             let system = actix_web::rt::System::new();
             system.block_on(outpost::server::serve(config, |bound| {
@@ -320,8 +338,193 @@ fn main() -> Result<()> {
             run_check(&config, digest)
         }
         Command::Quarantine { action } => run_quarantine(action),
-        Command::Backup { .. } => not_yet("backup", 7),
-        Command::Restore { .. } => not_yet("restore", 7),
+        Command::Backup { common, to } => {
+            let mut config = load_config(&common)?;
+            if let Some(url) = to {
+                config.backup.url = url;
+            }
+            config.validate()?;
+            run_async(run_backup(config))
+        }
+        Command::Restore {
+            from,
+            at,
+            node,
+            json,
+            common,
+        } => {
+            let Some(data_dir) = common.data_dir.clone() else {
+                bail!("restore needs --data-dir: the new node's (empty) data directory");
+            };
+            let config = load_config(&common)?;
+            let at_ms = at.as_deref().map(parse_time).transpose()?;
+            let request = outpost::backup::restore::Request {
+                from,
+                node,
+                at_ms,
+                config,
+            };
+            init_quiet_logging();
+            run_async(run_restore(request, &data_dir, json))
+        }
+    }
+}
+
+fn run_async<F: std::future::Future<Output = Result<()>>>(work: F) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
+}
+
+/// Warnings and errors only, on stderr (progress and the report are ours).
+fn init_quiet_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// RFC 3339 or Unix milliseconds.
+fn parse_time(text: &str) -> Result<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let at = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        anyhow::anyhow!("--at {text:?}: {e} (use RFC 3339, e.g. 2026-11-26T10:00:00Z, or Unix ms)")
+    })?;
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64))
+}
+
+/// `outpost backup`: a snapshot now, then retention.
+async fn run_backup(config: Config) -> Result<()> {
+    use outpost::backup::{snapshot, state, store::Store};
+    let url = config.backup_url();
+    let store = Store::open(&url, &config.backup)?;
+    let db_path = config.db_path();
+    if !db_path.exists() {
+        bail!("no database at {} (wrong --data-dir?)", db_path.display());
+    }
+    let node_id = outpost::db::log::LogReader::open(&db_path)?.meta()?.node_id;
+    let first_segment = state::load(&config.node.data_dir, &url, &node_id).next_index;
+    let started = std::time::Instant::now();
+    let manifest = snapshot::take(
+        &store,
+        snapshot::SnapshotJob {
+            db_path: &db_path,
+            work_dir: &config.node.data_dir,
+            node_id: &node_id,
+            first_segment,
+            level: config.backup.compression_level,
+        },
+    )
+    .await?;
+    let pruned = snapshot::prune(
+        &store,
+        &node_id,
+        config.backup.snapshot_keep,
+        config.backup.snapshot_max_age.as_millis() as u64,
+    )
+    .await?;
+    println!(
+        "snapshot {} of node {node_id}: {} bytes ({} compressed) in {:.2?}; {} log entries; {pruned} old objects deleted",
+        store.describe(&snapshot::Manifest::data_name(&node_id, manifest.created_ms)),
+        manifest.db_bytes,
+        manifest.object_bytes,
+        started.elapsed(),
+        manifest.have.total(),
+    );
+    Ok(())
+}
+
+/// `outpost restore`.
+async fn run_restore(
+    request: outpost::backup::restore::Request,
+    data_dir: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    use outpost::backup::restore::{fmt_ms, restore, Progress, Quiet};
+    use std::io::IsTerminal;
+    let mut terminal = TerminalProgress::default();
+    let progress: &mut dyn Progress = if std::io::stderr().is_terminal() {
+        &mut terminal
+    } else {
+        &mut Quiet
+    };
+    let report = restore(request, progress).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    eprintln!();
+    println!(
+        "restored node {} from the backup of {} into {}",
+        report.new_node_id,
+        report.source_node,
+        data_dir.display()
+    );
+    println!(
+        "snapshot of {} ({} bytes), {} segments ({} bytes): {} entries applied, {} already held, {} after --at",
+        fmt_ms(report.snapshot_ms),
+        report.snapshot_bytes,
+        report.segments,
+        report.segment_bytes,
+        report.entries_applied,
+        report.entries_already_held,
+        report.entries_after_at
+    );
+    if report.last_entry_ms > 0 {
+        println!("newest entry replayed: {}", fmt_ms(report.last_entry_ms));
+    }
+    println!(
+        "outpost check: clean, {} rows; took {:.2} s",
+        report.rows, report.seconds
+    );
+    println!(
+        "next: `outpost init --data-dir {} [--ca-dir CA]` issues this node's certificate, then `outpost serve`",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// One line on the terminal, rewritten as the restore goes.
+#[derive(Default)]
+struct TerminalProgress {
+    last: Option<std::time::Instant>,
+}
+
+impl TerminalProgress {
+    fn show(&mut self, line: String, last: bool) {
+        let now = std::time::Instant::now();
+        if !last
+            && self
+                .last
+                .is_some_and(|t| now - t < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(now);
+        eprint!("\r{line:<70}");
+    }
+}
+
+impl outpost::backup::restore::Progress for TerminalProgress {
+    fn snapshot(&mut self, done: u64, total: u64) {
+        let line = format!(
+            "snapshot: {:.1} / {:.1} MB",
+            done as f64 / 1e6,
+            total as f64 / 1e6
+        );
+        self.show(line, done == total);
+    }
+
+    fn segment(&mut self, done: u64, total: u64, bytes: u64) {
+        let line = format!("segments: {done} / {total} ({:.1} MB)", bytes as f64 / 1e6);
+        self.show(line, done == total);
     }
 }
 
@@ -404,11 +607,6 @@ fn run_init(
         config.node.data_dir.display()
     );
     Ok(())
-}
-
-fn not_yet(command: &str, issue: u32) -> Result<()> {
-    eprintln!("outpost {command}: not yet available in this version (tracked in issue {issue})");
-    std::process::exit(2);
 }
 
 /// Prints what a migration run applied, or that nothing was pending.

@@ -44,6 +44,14 @@ pub struct Metrics {
     pub migrations_applied_total: IntCounter,
     pub sync_ignored_values_total: IntCounterVec,
     pub sync_throttled_seconds_total: CounterVec,
+    pub backup_last_success_timestamp_seconds: IntGauge,
+    pub backup_unshipped_entries: IntGauge,
+    pub backup_unshipped_bytes: IntGauge,
+    pub backup_backlog_over_limit: IntGauge,
+    pub backup_upload_bytes_total: IntCounterVec,
+    pub backup_upload_failures_total: IntCounterVec,
+    pub backup_segments_total: IntCounter,
+    pub backup_snapshot_duration_seconds: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -273,6 +281,55 @@ impl Metrics {
                 &["peer"],
             )
             .expect("valid metric"),
+            backup_last_success_timestamp_seconds: IntGauge::new(
+                "outpost_backup_last_success_timestamp_seconds",
+                "When the backup last caught up: every committed log entry shipped (Unix seconds; 0: never).",
+            )
+            .expect("valid metric"),
+            backup_unshipped_entries: IntGauge::new(
+                "outpost_backup_unshipped_entries",
+                "Committed log entries not yet in the backup.",
+            )
+            .expect("valid metric"),
+            backup_unshipped_bytes: IntGauge::new(
+                "outpost_backup_unshipped_bytes",
+                "Bytes of committed log entries not yet in the backup (bounded by backup.max_backlog_bytes).",
+            )
+            .expect("valid metric"),
+            backup_backlog_over_limit: IntGauge::new(
+                "outpost_backup_backlog_over_limit",
+                "1 while the unshipped backlog exceeds backup.max_backlog_bytes: the backup no longer holds log compaction back and will start again from a snapshot.",
+            )
+            .expect("valid metric"),
+            backup_upload_bytes_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_backup_upload_bytes_total",
+                    "Bytes uploaded to the backup storage, by kind (segment, snapshot).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            backup_upload_failures_total: IntCounterVec::new(
+                Opts::new(
+                    "outpost_backup_upload_failures_total",
+                    "Failed backup uploads, by kind (segment, snapshot).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            backup_segments_total: IntCounter::new(
+                "outpost_backup_segments_total",
+                "Log segments uploaded to the backup.",
+            )
+            .expect("valid metric"),
+            backup_snapshot_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "outpost_backup_snapshot_duration_seconds",
+                    "Time to take and upload one snapshot.",
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -314,6 +371,14 @@ impl Metrics {
             Box::new(self.migrations_applied_total.clone()),
             Box::new(self.sync_ignored_values_total.clone()),
             Box::new(self.sync_throttled_seconds_total.clone()),
+            Box::new(self.backup_last_success_timestamp_seconds.clone()),
+            Box::new(self.backup_unshipped_entries.clone()),
+            Box::new(self.backup_unshipped_bytes.clone()),
+            Box::new(self.backup_backlog_over_limit.clone()),
+            Box::new(self.backup_upload_bytes_total.clone()),
+            Box::new(self.backup_upload_failures_total.clone()),
+            Box::new(self.backup_segments_total.clone()),
+            Box::new(self.backup_snapshot_duration_seconds.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {

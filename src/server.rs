@@ -47,6 +47,8 @@ pub enum ServeError {
     },
     #[error("sync: {0}")]
     Sync(#[from] crate::sync::transport::SyncError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -171,6 +173,8 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     let tls = tls_files(&config)
         .map(|(c, k)| load_tls(&c, &k))
         .transpose()?;
+    // Before sync: log compaction must know what the backup holds.
+    let backup = start_backup(&config, &db, &metrics)?;
     let sync = start_sync(&config, &db, &metrics)?;
     let state = web::Data::new(AppState {
         streams: HttpStreams::new(
@@ -183,6 +187,7 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
         auth,
         metrics,
         sync: sync.clone(),
+        backup,
         token_limits: RateLimiter::new(
             config.limits.token_requests_per_second,
             config.limits.token_burst,
@@ -265,9 +270,26 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     let _ = admin_task.await;
     // Dropping the HTTP streams drops their leases: open transactions roll back.
     state.streams.clear();
+    if let Some(backup) = &state.backup {
+        backup.finish().await;
+    }
     db.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the backup tasks (`backup`), unless `backup.enabled = false`.
+fn start_backup(
+    config: &Config,
+    db: &Arc<Database>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<crate::backup::Backup>>, ServeError> {
+    if !config.backup.enabled {
+        tracing::warn!("backup.enabled = false: this node keeps no backup");
+        return Ok(None);
+    }
+    let backup = crate::backup::Backup::start(config, Arc::clone(db), Arc::clone(metrics))?;
+    Ok(Some(backup))
 }
 
 /// Starts replication if the node has its certificate; else says how to.

@@ -77,6 +77,7 @@ async fn status(app: web::Data<AppState>) -> HttpResponse {
         "signing_key": app.db.keys().map(|k| format!("{:016x}", k.own_key_id())),
         "keys_known": app.db.keys().map(|k| k.known().len()),
         "sync": sync,
+        "backup": app.backup.as_ref().map(|b| b.status()),
         "peers": sync.get("peers").cloned().unwrap_or(serde_json::json!([])),
     }))
 }

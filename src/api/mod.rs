@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Replication, when this node has a certificate.
     pub sync: Option<Arc<crate::sync::transport::Sync>>,
+    /// The cloud backup, unless `backup.enabled = false`.
+    pub backup: Option<Arc<crate::backup::Backup>>,
     /// `limits.token_requests_per_second`, per client token.
     pub token_limits: Option<RateLimiter>,
 }

@@ -32,6 +32,8 @@ pub struct CompactPlan {
     pub configured: Vec<String>,
     pub now_ms: u64,
     pub retention_ms: u64,
+    /// What the cloud backup holds, when it holds compaction back.
+    pub backup: Option<VersionVector>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,9 +71,12 @@ pub fn run(
         return Ok(outcome);
     }
     let local = super::capture::log_vector(conn)?;
-    let floor = peers
+    let mut floor = peers
         .iter()
         .fold(local.clone(), |floor, (_, have)| floor.meet(have));
+    if let Some(backup) = &plan.backup {
+        floor = floor.meet(backup);
+    }
     let floor = VersionVector(
         floor
             .0

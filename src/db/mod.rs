@@ -167,6 +167,9 @@ pub struct Database {
     readers: readers::ReaderPool,
     keys: Option<Arc<crate::sync::keys::KeyRing>>,
     path: PathBuf,
+    /// What the cloud backup holds: log compaction keeps what it lacks
+    /// (None: no backup, or it let go, see `backup`).
+    backup_hold: parking_lot::Mutex<Option<crate::sync::vv::VersionVector>>,
 }
 
 impl Database {
@@ -201,7 +204,18 @@ impl Database {
             writer,
             readers,
             path,
+            backup_hold: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Sets what the backup holds (`backup::shipper`), for log compaction.
+    pub fn set_backup_hold(&self, hold: Option<crate::sync::vv::VersionVector>) {
+        *self.backup_hold.lock() = hold;
+    }
+
+    /// What log compaction must keep for the backup (None: nothing).
+    pub fn backup_hold(&self) -> Option<crate::sync::vv::VersionVector> {
+        self.backup_hold.lock().clone()
     }
 
     /// Committed changes (live feed) and the log's version vector (sync).

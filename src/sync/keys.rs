@@ -199,23 +199,41 @@ impl KeyRing {
         }
         cert.verify_signature(Some(ca.public_key()))
             .map_err(|e| format!("not signed by the cluster CA: {e}"))?;
-        let spki = cert.public_key();
-        if spki.algorithm.algorithm.to_id_string() != OID_ED25519 {
-            return Err("not an Ed25519 key".into());
-        }
-        let bytes: [u8; 32] = spki.subject_public_key.data[..]
-            .try_into()
-            .map_err(|_| "an Ed25519 key is 32 bytes".to_string())?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("bad Ed25519 key: {e}"))?;
-        let node_id = super::tls::peer_node_id(der).ok_or("the certificate names no node")?;
-        Ok(KnownKey {
-            origin: crate::crdt::client_id_of(&node_id),
-            node_id,
-            key,
-            cert: Arc::new(der.to_vec()),
-        })
+        node_key(&cert, der)
     }
+}
 
+/// A node certificate's key and node id, not checked against any CA (the
+/// key ring checks certificates again when it loads `_outpost_keys`).
+/// `backup::restore` keeps the certificates segments carry this way.
+pub fn parse_certificate(der: &[u8]) -> Result<KnownKey, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    node_key(&cert, der)
+}
+
+fn node_key(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    der: &[u8],
+) -> Result<KnownKey, String> {
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != OID_ED25519 {
+        return Err("not an Ed25519 key".into());
+    }
+    let bytes: [u8; 32] = spki.subject_public_key.data[..]
+        .try_into()
+        .map_err(|_| "an Ed25519 key is 32 bytes".to_string())?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("bad Ed25519 key: {e}"))?;
+    let node_id = super::tls::peer_node_id(der).ok_or("the certificate names no node")?;
+    Ok(KnownKey {
+        origin: crate::crdt::client_id_of(&node_id),
+        node_id,
+        key,
+        cert: Arc::new(der.to_vec()),
+    })
+}
+
+impl KeyRing {
     /// The certificate of a key, if known.
     pub fn certificate(&self, key_id: u64) -> Option<Arc<Vec<u8>>> {
         self.known.read().get(&key_id).map(|k| Arc::clone(&k.cert))

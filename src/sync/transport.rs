@@ -1037,6 +1037,7 @@ impl Driver {
             configured: self.shared.config.sync.peers.clone(),
             now_ms: crate::crdt::Hlc::now_ms(),
             retention_ms: self.shared.config.sync.peer_retention.as_millis() as u64,
+            backup: self.shared.db.backup_hold(),
         };
         let shared = Arc::clone(&self.shared);
         actix_web::rt::spawn(async move {
