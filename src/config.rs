@@ -332,7 +332,8 @@ pub struct BackupConfig {
     /// directory `backup` in the data dir. Each node writes under
     /// `<url>/<node id>/`.
     pub url: String,
-    /// Committed entries are shipped at least this often (the RPO).
+    /// A committed entry is in the backup within this time, while storage
+    /// keeps up (the recovery point objective).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// A segment holds at most this many bytes of entries; a backlog this
@@ -374,7 +375,7 @@ impl Default for BackupConfig {
         Self {
             enabled: true,
             url: String::new(),
-            interval: Duration::from_millis(500),
+            interval: Duration::from_secs(1),
             segment_bytes: 8 * 1024 * 1024,
             max_backlog_bytes: 1024 * 1024 * 1024,
             snapshot_interval: Duration::from_secs(3600),

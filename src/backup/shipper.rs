@@ -34,7 +34,7 @@ use crate::sync::vv::VersionVector;
 /// Most entries in one segment (besides `backup.segment_bytes`).
 const MAX_SEGMENT_ENTRIES: usize = 100_000;
 /// The longest wait between attempts while storage fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The guess of an entry's size before the first segment measured one.
 const DEFAULT_ENTRY_BYTES: u64 = 256;
 
@@ -110,11 +110,12 @@ impl Backup {
 
     /// At shutdown: ships what is left, waiting at most `backup.timeout`.
     pub async fn finish(&self) {
+        let as_of = super::now_ms();
         let upto = self.db.events().log_vector();
         if self.shipped().covers(&upto) {
             return;
         }
-        match tokio::time::timeout(self.config.timeout, self.ship(&upto)).await {
+        match tokio::time::timeout(self.config.timeout, self.ship(&upto, as_of)).await {
             Ok(Ok(())) => tracing::info!("shipped the rest of the log to the backup"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not ship the rest of the log: it goes at the next start")
@@ -141,34 +142,42 @@ impl Backup {
         self.status.lock().last_error = Some(error.to_string());
     }
 
+    /// Ships on a deadline: an entry committed just after a round began
+    /// waits for the next round, so rounds start `interval` minus the poll
+    /// period and the last upload's duration apart — an entry is in the
+    /// backup within `backup.interval` of its commit while uploads keep up.
     async fn ship_loop(self: Arc<Self>) {
         let interval = self.config.interval;
-        let poll = (interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(100));
-        let mut log = self.db.events().log_watch();
+        let poll = (interval / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
         let mut closing = self.db.events().closing();
         let mut last_round = Instant::now();
+        let mut last_took = Duration::ZERO;
         let mut retry_at = Instant::now();
         let mut failures = 0u32;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                _ = log.changed() => {}
                 _ = closing.changed() => return,
             }
+            // Taken before the log vector: caught up "as of" a moment
+            // every write acknowledged earlier is part of.
+            let measured_at = super::now_ms();
             let upto = self.db.events().log_vector();
             let backlog = self.measure_backlog(&upto);
             if backlog == 0 {
-                self.caught_up();
-                last_round = Instant::now();
+                self.caught_up(measured_at);
                 continue;
             }
+            let period = interval.saturating_sub(poll + last_took).max(interval / 2);
             let full = backlog * self.entry_bytes.load(std::sync::atomic::Ordering::Relaxed)
                 >= self.config.segment_bytes as u64;
-            if Instant::now() < retry_at || (last_round.elapsed() < interval && !full) {
+            if Instant::now() < retry_at || (last_round.elapsed() < period && !full) {
                 continue;
             }
             last_round = Instant::now();
-            match self.ship(&upto).await {
+            let result = self.ship(&upto, measured_at).await;
+            last_took = last_round.elapsed();
+            match result {
                 Ok(()) => {
                     failures = 0;
                     self.status.lock().last_error = None;
@@ -214,17 +223,18 @@ impl Backup {
         entries
     }
 
-    fn caught_up(&self) {
-        let now = super::now_ms();
-        self.status.lock().caught_up_ms = now;
+    /// The backup held every entry committed before `as_of` (Unix ms).
+    fn caught_up(&self, as_of: u64) {
+        let mut status = self.status.lock();
+        status.caught_up_ms = status.caught_up_ms.max(as_of);
         self.metrics
             .backup_last_success_timestamp_seconds
-            .set((now / 1000) as i64);
+            .set((status.caught_up_ms / 1000) as i64);
     }
 
     /// Ships segments until the backup holds `upto` (or nothing more can
     /// be read: the rest waits in quarantine, as it does for peers).
-    async fn ship(&self, upto: &VersionVector) -> Result<(), BackupError> {
+    async fn ship(&self, upto: &VersionVector, as_of: u64) -> Result<(), BackupError> {
         self.snapshot_if_compacted().await?;
         loop {
             let shipped = self.shipped();
@@ -237,7 +247,8 @@ impl Backup {
             }
             self.upload_segment(shipped, entries).await?;
         }
-        self.caught_up();
+        self.measure_backlog(upto);
+        self.caught_up(as_of);
         Ok(())
     }
 

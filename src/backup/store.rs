@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
 };
 
 use super::BackupError;
@@ -280,14 +280,16 @@ fn s3(bucket: &str, config: &BackupConfig) -> AmazonS3Builder {
         retry_timeout: config.timeout,
         ..RetryConfig::default()
     };
-    let client = ClientOptions::new()
-        .with_timeout(config.timeout)
-        .with_connect_timeout(Duration::from_secs(5));
-    let client = match config.s3_allow_http {
-        Some(allow) => client.with_allow_http(allow),
-        None => client,
-    };
-    builder.with_retry(retry).with_client_options(client)
+    // Set key by key: `with_client_options` would replace what the
+    // environment set (AWS_ALLOW_HTTP among it).
+    let timeout = humantime::format_duration(config.timeout).to_string();
+    builder
+        .with_retry(retry)
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), timeout)
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            "5s",
+        )
 }
 
 #[cfg(test)]
