@@ -31,7 +31,7 @@ fn backup_env(s3: &S3Server) -> Vec<(&'static str, String)> {
     env
 }
 
-fn start_node<'a>(s3: &S3Server, url: &'a str, extra: &[(&'static str, String)]) -> Server {
+fn start_node(s3: &S3Server, url: &str, extra: &[(&'static str, String)]) -> Server {
     let mut env = backup_env(s3);
     env.extend_from_slice(extra);
     Server::start_with(Options {
