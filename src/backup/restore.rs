@@ -300,8 +300,8 @@ fn check_dense(
 ) -> Result<(), BackupError> {
     for (expect, (index, _)) in (first..).zip(listed) {
         if *index != expect {
-            return Err(BackupError::Missing(format!(
-                "{} (segments {expect}..{} are missing; the backup has a hole)",
+            return Err(BackupError::Incomplete(format!(
+                "{} does not exist: the backup has a hole (segments {expect} to {} are missing)",
                 store.describe(&super::segment_name(node, expect)),
                 index - 1
             )));
