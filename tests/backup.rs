@@ -501,3 +501,70 @@ fn a_third_node_bootstrapped_from_the_backup_joins_and_converges() {
     });
     assert_eq!(plain(&c.rows("SELECT count(*) FROM t", vec![])[0][0]), 120);
 }
+
+#[test]
+fn past_the_backlog_bound_compaction_goes_on_and_the_backup_restarts_from_a_snapshot() {
+    let mut s3 = S3Server::start();
+    let url = s3_url("gap");
+    let ca = tempfile::tempdir().unwrap();
+    let mut env = sync_env();
+    env.extend(backup_env(&s3));
+    env.extend([
+        ("OUTPOST_BACKUP_SEGMENT_BYTES", "2048".to_string()),
+        ("OUTPOST_BACKUP_MAX_BACKLOG_BYTES", "4096".to_string()),
+    ]);
+    let mut a = Server::start_with(Options {
+        ca_dir: Some(ca.path()),
+        sync_listen: Some("127.0.0.1:0".into()),
+        args: vec!["--backup", &url],
+        env: env.clone(),
+        ..Options::default()
+    });
+    let mut b_env = sync_env();
+    b_env.push(("OUTPOST_BACKUP_ENABLED", "false".into()));
+    let b = Server::start_with(Options {
+        ca_dir: Some(ca.path()),
+        sync_listen: Some("127.0.0.1:0".into()),
+        peers: vec![a.sync.clone().unwrap()],
+        env: b_env,
+        ..Options::default()
+    });
+    create_table_and_snapshot(&a);
+    create_table(&b);
+    for id in 1..=10 {
+        insert(&a, id);
+    }
+    wait_shipped(&a);
+
+    s3.stop();
+    for id in 11..=300 {
+        insert(&a, id);
+    }
+    eventually(Duration::from_secs(20), || {
+        metric(&a, "outpost_backup_backlog_over_limit") == 1.0
+    });
+    // B holds everything, the backup lets go: A's log is compacted past
+    // what the backup holds.
+    eventually(Duration::from_secs(30), || {
+        metric(&a, "outpost_log_compacted_entries_total") >= 290.0
+    });
+    let before = backup_status(&a)["last_snapshot_ms"].as_u64().unwrap();
+
+    s3.restart();
+    wait_shipped(&a);
+    assert!(
+        backup_status(&a)["last_snapshot_ms"].as_u64().unwrap() > before,
+        "a snapshot stands in for the compacted entries"
+    );
+    for id in 301..=320 {
+        insert(&a, id);
+    }
+    wait_shipped(&a);
+    a.kill();
+    drop(b);
+
+    let target = tempfile::tempdir().unwrap();
+    let (ok, report, err) = restore(Some(&s3), &url, target.path(), &[]);
+    assert!(ok, "restore failed: {err}");
+    assert_eq!(ids_in(target.path()), (1..=320).collect(), "{report}");
+}
