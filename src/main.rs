@@ -528,6 +528,34 @@ impl outpost::backup::restore::Progress for TerminalProgress {
     }
 }
 
+/// One line of `outpost status` about the backup: where, how far behind,
+/// the last error.
+fn backup_line(backup: &serde_json::Value) -> String {
+    let Some(url) = backup["url"].as_str() else {
+        return "off (backup.enabled = false)".into();
+    };
+    let ago = |ms: &serde_json::Value| match ms.as_u64() {
+        Some(0) | None => "never".to_string(),
+        Some(ms) => {
+            let secs = outpost::backup::now_ms().saturating_sub(ms) as f64 / 1000.0;
+            format!("{secs:.1} s ago")
+        }
+    };
+    let mut line = format!(
+        "{url}: caught up {}, {} entries unshipped, snapshot {}",
+        ago(&backup["caught_up_ms"]),
+        backup["unshipped_entries"],
+        ago(&backup["last_snapshot_ms"])
+    );
+    if backup["over_limit"] == true {
+        line.push_str(", BACKLOG OVER backup.max_backlog_bytes");
+    }
+    if let Some(error) = backup["last_error"].as_str() {
+        line.push_str(&format!(", last error: {error}"));
+    }
+    line
+}
+
 /// `outpost init`: node id, JWT key pair, (optionally) the API's self-signed
 /// certificate, the cluster CA if needed and the node's sync certificate.
 fn run_init(
@@ -787,6 +815,7 @@ fn status(base: &str) -> Result<()> {
                 key => format!("{} ({} keys known)", text(key), text(&node["keys_known"])),
             },
         ),
+        ("backup", backup_line(&node["backup"])),
         (
             "sync listener",
             match &node["sync"]["listen"] {
