@@ -114,7 +114,10 @@ pub async fn restore(req: Request, progress: &mut dyn Progress) -> Result<Report
 
 /// The node named, or the only one with a backup at `from`.
 async fn choose_node(store: &Store, named: Option<&str>) -> Result<String, BackupError> {
-    let nodes = store.list_dirs("").await?;
+    // Node ids are 32 hex digits: anything else under the prefix is not ours.
+    let nodes: Vec<String> = (store.list_dirs("").await?.into_iter())
+        .filter(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
     if let Some(node) = named {
         return if nodes.iter().any(|n| n == node) {
             Ok(node.to_string())

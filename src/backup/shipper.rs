@@ -66,6 +66,9 @@ pub struct Backup {
     /// Average bytes per entry in the last segment.
     entry_bytes: std::sync::atomic::AtomicU64,
     snapshot_lock: tokio::sync::Mutex<()>,
+    /// One shipping round at a time (the loop and `finish` at shutdown):
+    /// two rounds would upload under one segment name.
+    ship_lock: tokio::sync::Mutex<()>,
 }
 
 impl Backup {
@@ -101,6 +104,7 @@ impl Backup {
             metrics,
             entry_bytes: DEFAULT_ENTRY_BYTES.into(),
             snapshot_lock: tokio::sync::Mutex::new(()),
+            ship_lock: tokio::sync::Mutex::new(()),
         });
         tracing::info!(url = %url, interval = ?config.backup.interval, "backup on");
         actix_web::rt::spawn(Arc::clone(&backup).ship_loop());
@@ -235,6 +239,7 @@ impl Backup {
     /// Ships segments until the backup holds `upto` (or nothing more can
     /// be read: the rest waits in quarantine, as it does for peers).
     async fn ship(&self, upto: &VersionVector, as_of: u64) -> Result<(), BackupError> {
+        let _one_round = self.ship_lock.lock().await;
         self.snapshot_if_compacted().await?;
         loop {
             let shipped = self.shipped();

@@ -208,13 +208,7 @@ impl Store {
 
     /// The objects directly in `dir`, in name order.
     pub async fn list(&self, dir: &str) -> Result<Vec<Listed>, BackupError> {
-        let path = self.path(dir);
-        let listed = self
-            .bounded("list", dir, self.inner.list_with_delimiter(Some(&path)))
-            .await?;
-        let mut out: Vec<Listed> = listed
-            .objects
-            .into_iter()
+        let mut out: Vec<Listed> = (self.listing(dir).await?.objects.into_iter())
             .filter_map(|meta| {
                 let name = meta.location.filename()?.to_string();
                 Some(Listed {
@@ -227,19 +221,20 @@ impl Store {
         Ok(out)
     }
 
-    /// The directories directly in `dir` (node ids at the top).
+    /// The directories directly in `dir` (node ids at the top), in order.
     pub async fn list_dirs(&self, dir: &str) -> Result<Vec<String>, BackupError> {
-        let path = self.path(dir);
-        let listed = self
-            .bounded("list", dir, self.inner.list_with_delimiter(Some(&path)))
-            .await?;
-        let mut out: Vec<String> = listed
-            .common_prefixes
-            .into_iter()
+        let mut out: Vec<String> = (self.listing(dir).await?.common_prefixes.into_iter())
             .filter_map(|p| p.filename().map(str::to_string))
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// One level of `dir`, every page of it.
+    async fn listing(&self, dir: &str) -> Result<object_store::ListResult, BackupError> {
+        let path = self.path(dir);
+        self.bounded("list", dir, self.inner.list_with_delimiter(Some(&path)))
+            .await
     }
 
     pub async fn delete(&self, rel: &str) -> Result<(), BackupError> {
