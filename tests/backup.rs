@@ -383,10 +383,8 @@ fn a_corrupt_or_missing_segment_fails_the_restore_naming_the_object() {
     let segments = s3.list_keys(&format!("corrupt/{node_id}/segments/"));
     assert!(segments.len() >= 3, "{segments:?}");
     let victim = segments.last().unwrap().clone();
-    let mut bytes = s3.get_object(&victim).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    s3.put_object(&victim, &bytes);
+    let bytes = s3.get_object(&victim).unwrap();
+    s3.put_object(&victim, &flip(&bytes, bytes.len() / 2));
 
     let target = tempfile::tempdir().unwrap();
     let dir = target.path().join("restored");
@@ -398,23 +396,39 @@ fn a_corrupt_or_missing_segment_fails_the_restore_naming_the_object() {
         "nothing half-restored is left"
     );
 
-    s3.delete_object(&victim);
+    s3.put_object(&victim, &bytes);
     let earlier = &segments[segments.len() - 2];
+    let earlier_bytes = s3.get_object(earlier).unwrap();
     s3.delete_object(earlier);
-    s3.put_object(&victim, &s3_corrupt_fix(&bytes, middle));
     let (ok, _, err) = restore(Some(&s3), &url, &dir, &[]);
     assert!(!ok, "a missing segment must fail the restore");
     assert!(
         err.contains(earlier.as_str()) && err.contains("missing"),
         "{err}"
     );
+    s3.put_object(earlier, &earlier_bytes);
+
+    let snapshots = s3.list_keys(&format!("corrupt/{node_id}/snapshots/"));
+    let newest = snapshots.iter().rfind(|k| k.ends_with(".db.zst")).unwrap();
+    let snapshot = s3.get_object(newest).unwrap();
+    s3.put_object(newest, &flip(&snapshot, snapshot.len() / 3));
+    let (ok, _, err) = restore(Some(&s3), &url, &dir, &[]);
+    assert!(!ok, "a corrupt snapshot must fail the restore");
+    assert!(err.contains(newest.as_str()), "{err}");
+    assert!(!dir.join("outpost.db").exists());
+
+    // Put back as shipped, the backup restores: the damage was the only cause.
+    s3.put_object(newest, &snapshot);
+    let (ok, _, err) = restore(Some(&s3), &url, &dir, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(ids_in(&dir), (1..=30).collect());
 }
 
-/// The segment as it was shipped (the flipped bit flipped back).
-fn s3_corrupt_fix(bytes: &[u8], at: usize) -> Vec<u8> {
-    let mut fixed = bytes.to_vec();
-    fixed[at] ^= 0x01;
-    fixed
+/// `bytes` with one bit flipped at `at`.
+fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut flipped = bytes.to_vec();
+    flipped[at] ^= 0x01;
+    flipped
 }
 
 #[test]
