@@ -26,9 +26,10 @@ use crate::config::Config;
 use crate::db::capture::{Applied, LogEntry};
 use crate::sync::vv::VersionVector;
 
-/// A segment body larger than this is refused (a segment holds at most
-/// `backup.segment_bytes` of entries, 8 MiB by default).
-const MAX_SEGMENT_RAW_BYTES: usize = 512 * 1024 * 1024;
+/// A segment body larger than this (or than twice `backup.segment_bytes`)
+/// is refused before it is decompressed: a segment holds at most
+/// `backup.segment_bytes` of entries (8 MiB by default) plus framing.
+const MIN_SEGMENT_RAW_LIMIT: usize = 64 * 1024 * 1024;
 
 pub struct Request {
     pub from: String,
@@ -271,12 +272,12 @@ async fn replay_segments(
             let rel = format!("{node}/segments/{name}");
             let bytes = store.get(&rel).await?;
             report.segment_bytes += bytes.len() as u64;
-            let segment = super::segment::decode(&bytes, MAX_SEGMENT_RAW_BYTES).map_err(|e| {
-                BackupError::Corrupt {
+            let limit = MIN_SEGMENT_RAW_LIMIT.max(2 * req.config.backup.segment_bytes);
+            let segment =
+                super::segment::decode(&bytes, limit).map_err(|e| BackupError::Corrupt {
                     object: store.describe(&rel),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             keep_certificates(&req.config.db_path(), &segment)?;
             let entries = replay.select(segment, report).map_err(|reason| {
                 BackupError::Incomplete(format!("{}: {reason}", store.describe(&rel)))

@@ -84,9 +84,14 @@ pub fn encode(segment: &Segment, level: i32) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&header);
     out.extend_from_slice(&compressed);
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    out
+    seal(out)
+}
+
+/// Appends the SHA-256 trailer to a segment's content.
+pub fn seal(mut content: Vec<u8>) -> Vec<u8> {
+    let digest = Sha256::digest(&content);
+    content.extend_from_slice(&digest);
+    content
 }
 
 /// Checks the checksum and reads the header only.
