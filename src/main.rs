@@ -173,6 +173,10 @@ enum Command {
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Skip `outpost check` on the result (checksums and SQLite's
+        /// quick_check still run): faster for large databases.
+        #[arg(long)]
+        no_check: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -351,6 +355,7 @@ fn main() -> Result<()> {
             at,
             node,
             json,
+            no_check,
             common,
         } => {
             let Some(data_dir) = common.data_dir.clone() else {
@@ -362,6 +367,7 @@ fn main() -> Result<()> {
                 from,
                 node,
                 at_ms,
+                check: !no_check,
                 config,
             };
             init_quiet_logging();
@@ -480,10 +486,16 @@ async fn run_restore(
     if report.last_entry_ms > 0 {
         println!("newest entry replayed: {}", fmt_ms(report.last_entry_ms));
     }
-    println!(
-        "outpost check: clean, {} rows; took {:.2} s",
-        report.rows, report.seconds
-    );
+    match report.check_seconds {
+        Some(secs) => println!(
+            "outpost check: clean, {} rows ({secs:.2} s); restore took {:.2} s",
+            report.rows, report.seconds
+        ),
+        None => println!(
+            "outpost check: skipped (--no-check); restore took {:.2} s",
+            report.seconds
+        ),
+    }
     println!(
         "next: `outpost init --data-dir {} [--ca-dir CA]` issues this node's certificate, then `outpost serve`",
         data_dir.display()

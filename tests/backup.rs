@@ -449,6 +449,12 @@ fn the_embedded_default_backs_up_into_the_data_dir() {
     let (ok, report, err) = restore(None, &url, &dir, &[]);
     assert!(ok, "restore failed: {err}");
     assert_eq!(ids_in(&dir), (1..=30).collect(), "{report}");
+    assert!(report["check_seconds"].as_f64().is_some(), "{report}");
+    let fast = target.path().join("fast");
+    let (ok, report, err) = restore(None, &url, &fast, &["--no-check"]);
+    assert!(ok, "restore --no-check failed: {err}");
+    assert!(report["check_seconds"].is_null(), "{report}");
+    assert_eq!(ids_in(&fast), (1..=30).collect());
     // Restoring over an existing database is refused.
     let (ok, _, err) = restore(None, &url, &dir, &[]);
     assert!(!ok && err.contains("already holds a database"), "{err}");
