@@ -375,7 +375,7 @@ impl Default for BackupConfig {
         Self {
             enabled: true,
             url: String::new(),
-            interval: Duration::from_secs(1),
+            interval: Duration::from_millis(800),
             segment_bytes: 8 * 1024 * 1024,
             max_backlog_bytes: 1024 * 1024 * 1024,
             snapshot_interval: Duration::from_secs(3600),

@@ -588,3 +588,32 @@ fn past_the_backlog_bound_compaction_goes_on_and_the_backup_restarts_from_a_snap
     assert!(ok, "restore failed: {err}");
     assert_eq!(ids_in(target.path()), (1..=320).collect(), "{report}");
 }
+
+#[test]
+fn entries_written_right_after_a_schema_change_are_restorable() {
+    let s3 = S3Server::start();
+    let url = s3_url("ddl");
+    let mut node = start_node(&s3, &url, &[]);
+    wait_snapshot_after(&node, 0);
+    // No waiting for the scheduled snapshot: the shipper must take one
+    // before it ships entries that need the new table or column.
+    create_table(&node);
+    insert(&node, 1);
+    insert(&node, 2);
+    wait_shipped(&node);
+    node.sql("ALTER TABLE t ADD COLUMN w TEXT", vec![]);
+    node.sql("INSERT INTO t (id, v, w) VALUES (3, 'c', 'new column')", vec![]);
+    wait_shipped(&node);
+    node.kill();
+
+    let target = tempfile::tempdir().unwrap();
+    let (ok, report, err) = restore(Some(&s3), &url, target.path(), &[]);
+    assert!(ok, "restore failed: {err}");
+    assert_eq!(ids_in(target.path()), (1..=3).collect(), "{report}");
+    use libsql_sys::rusqlite::Connection;
+    let conn = Connection::open(target.path().join("outpost.db")).unwrap();
+    let w: String = conn
+        .query_row("SELECT w FROM t WHERE id = 3", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(w, "new column");
+}

@@ -424,17 +424,18 @@ async fn apply(
     let (mut refused, mut first_refusal) = (0u64, None);
     while entries.peek().is_some() {
         let chunk: Vec<LogEntry> = entries.by_ref().take(batch.max(1)).collect();
+        let stamps: Vec<u64> = chunk.iter().map(|e| e.hlc).collect();
         let outcomes = db
             .apply(chunk, "backup")
             .await
             .map_err(|e| BackupError::Other(format!("applying entries: {}", e.message)))?;
-        for outcome in outcomes {
+        for (outcome, hlc) in outcomes.into_iter().zip(stamps) {
             match outcome {
                 Applied::Applied => report.entries_applied += 1,
                 Applied::Duplicate => report.entries_already_held += 1,
                 Applied::Rejected(why) | Applied::Skipped(why) | Applied::Deferred(why) => {
                     refused += 1;
-                    first_refusal.get_or_insert(why);
+                    first_refusal.get_or_insert((why, hlc));
                 }
             }
         }
@@ -443,8 +444,10 @@ async fn apply(
         None => Ok(()),
         // The backup holds entries this database cannot take: a restore
         // that went on would quietly lack them.
-        Some(why) => Err(BackupError::Incomplete(format!(
-            "{refused} entries of the backup could not be applied to its snapshot (the first: {why})"
+        Some((why, hlc)) => Err(BackupError::Incomplete(format!(
+            "{refused} entries of the backup could not be applied to its snapshot (the first: \
+             {why}); `--at {}` restores the state just before that entry",
+            super::hlc_ms(hlc).saturating_sub(1)
         ))),
     }
 }

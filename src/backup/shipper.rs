@@ -241,6 +241,7 @@ impl Backup {
     async fn ship(&self, upto: &VersionVector, as_of: u64) -> Result<(), BackupError> {
         let _one_round = self.ship_lock.lock().await;
         self.snapshot_if_compacted().await?;
+        self.snapshot_if_schema_changed().await?;
         loop {
             let shipped = self.shipped();
             if shipped.covers(upto) {
@@ -255,6 +256,19 @@ impl Backup {
         self.measure_backlog(upto);
         self.caught_up(as_of);
         Ok(())
+    }
+
+    /// Entries written after a schema change (a migration, or DDL) need
+    /// the new tables and columns to be restored: a snapshot with them goes
+    /// first, else a crash before the scheduled one would leave a backup
+    /// whose newest segments no snapshot can take.
+    async fn snapshot_if_schema_changed(&self) -> Result<(), BackupError> {
+        let schema = self.db.events().schema().hash;
+        if schema == self.state.lock().last_snapshot_schema {
+            return Ok(());
+        }
+        tracing::info!("the schema changed: a snapshot before the entries written under it");
+        self.snapshot().await.map(drop)
     }
 
     /// When compaction deleted entries the backup lacks (it let go past
