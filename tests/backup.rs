@@ -602,7 +602,10 @@ fn entries_written_right_after_a_schema_change_are_restorable() {
     insert(&node, 2);
     wait_shipped(&node);
     node.sql("ALTER TABLE t ADD COLUMN w TEXT", vec![]);
-    node.sql("INSERT INTO t (id, v, w) VALUES (3, 'c', 'new column')", vec![]);
+    node.sql(
+        "INSERT INTO t (id, v, w) VALUES (3, 'c', 'new column')",
+        vec![],
+    );
     wait_shipped(&node);
     node.kill();
 
