@@ -209,6 +209,8 @@ pub struct RestoreRun {
     pub snapshot_s: Option<f64>,
     /// Wall time of `outpost restore --json` / `litestream restore`.
     pub restore_s: Option<f64>,
+    /// `outpost restore --no-check --json` (the checksums and quick_check, no `outpost check`).
+    pub restore_no_check_s: Option<f64>,
     /// `outpost check` on the restored directory, on its own (the restore runs it too).
     pub check_s: Option<f64>,
     /// SQLite's `PRAGMA quick_check` on the restored file (outpost's restore runs it too).
@@ -522,10 +524,11 @@ impl BackupReport {
             "ratio"
         );
         type Field = fn(&RestoreRun) -> Option<f64>;
-        let rows: [(&str, Field, usize); 8] = [
+        let rows: [(&str, Field, usize); 9] = [
             ("load, s", |r| Some(r.load_s), 2),
             ("snapshot now, s", |r| r.snapshot_s, 2),
             ("restore (wall), s", |r| r.restore_s, 3),
+            ("restore --no-check (wall), s", |r| r.restore_no_check_s, 3),
             ("  check alone, s", |r| r.check_s, 3),
             ("  quick_check alone, s", |r| r.quick_check_s, 3),
             ("database, MB", |r| mb(r.db_bytes), 1),
@@ -1526,6 +1529,11 @@ fn restore_outpost_inner(ctx: &Ctx<'_>, r: &mut RestoreRun) -> Result<()> {
     r.snapshot_bytes = report["snapshot_bytes"].as_u64();
     r.restored_rows = report["rows"].as_u64();
     r.report = Some(report);
+    let fast = dir.join("restored-no-check");
+    let mut c = ctx.outpost("restore");
+    c.args(["--from", &url, "--json", "--no-check", "--data-dir"])
+        .arg(&fast);
+    r.restore_no_check_s = Some(timed(c, "outpost restore --no-check")?.0);
     let db = server::db_path(&restored);
     r.restored_file_bytes = file_len(&db);
     let mut c = ctx.outpost("check");
