@@ -112,14 +112,17 @@ impl Backup {
         Ok(backup)
     }
 
-    /// At shutdown: ships what is left, waiting at most `backup.timeout`.
+    /// At shutdown: ships what is left, waiting at most `backup.timeout`
+    /// and never more than 10 s (a stop must not hang on slow storage; what
+    /// is left goes at the next start).
     pub async fn finish(&self) {
         let as_of = super::now_ms();
         let upto = self.db.events().log_vector();
         if self.shipped().covers(&upto) {
             return;
         }
-        match tokio::time::timeout(self.config.timeout, self.ship(&upto, as_of)).await {
+        let wait = self.config.timeout.min(Duration::from_secs(10));
+        match tokio::time::timeout(wait, self.ship(&upto, as_of)).await {
             Ok(Ok(())) => tracing::info!("shipped the rest of the log to the backup"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not ship the rest of the log: it goes at the next start")
