@@ -1483,13 +1483,19 @@ fn file_len(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
-fn restore_outpost(ctx: &Ctx<'_>, rows: u64) -> RestoreRun {
+/// One restore test of `system`: `test` fills the run; its error becomes the run's problem.
+fn restore_test(
+    ctx: &Ctx<'_>,
+    rows: u64,
+    system: &str,
+    test: fn(&Ctx<'_>, &mut RestoreRun) -> Result<()>,
+) -> RestoreRun {
     let mut r = RestoreRun {
-        system: OUTPOST.into(),
+        system: system.into(),
         rows,
         ..Default::default()
     };
-    if let Err(e) = restore_outpost_inner(ctx, &mut r) {
+    if let Err(e) = test(ctx, &mut r) {
         r.problem = Some(format!("{e:#}"));
     }
     log_restore(&r);
@@ -1557,19 +1563,6 @@ fn restore_outpost_inner(ctx: &Ctx<'_>, r: &mut RestoreRun) -> Result<()> {
         r.rows
     );
     Ok(())
-}
-
-fn restore_litestream(ctx: &Ctx<'_>, rows: u64) -> RestoreRun {
-    let mut r = RestoreRun {
-        system: LITESTREAM.into(),
-        rows,
-        ..Default::default()
-    };
-    if let Err(e) = restore_litestream_inner(ctx, &mut r) {
-        r.problem = Some(format!("{e:#}"));
-    }
-    log_restore(&r);
-    r
 }
 
 fn restore_litestream_inner(ctx: &Ctx<'_>, r: &mut RestoreRun) -> Result<()> {
@@ -1726,12 +1719,18 @@ pub fn run(
         report.runs.push(outpost_run(&ctx, run, false, kill_after));
         report.runs.push(litestream_run(&ctx, run, kill_after));
     }
-    report
-        .restores
-        .push(restore_outpost(&ctx, settings.restore_rows));
-    report
-        .restores
-        .push(restore_litestream(&ctx, settings.restore_rows));
+    report.restores.push(restore_test(
+        &ctx,
+        settings.restore_rows,
+        OUTPOST,
+        restore_outpost_inner,
+    ));
+    report.restores.push(restore_test(
+        &ctx,
+        settings.restore_rows,
+        LITESTREAM,
+        restore_litestream_inner,
+    ));
     Ok(())
 }
 
