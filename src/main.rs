@@ -235,13 +235,14 @@ fn load_config(common: &Common) -> Result<Config> {
     Ok(config)
 }
 
-fn init_logging(config: &Config) {
+/// Logs on stderr: `OUTPOST_LOG` or `level` as the filter, JSON or text.
+fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if json {
         builder.json().init();
     } else {
         builder.init();
@@ -279,7 +280,7 @@ fn main() -> Result<()> {
                 config.backup.url = url;
             }
             config.validate()?;
-            init_logging(&config);
+            init_logging(&config.log.level, config.log.format == "json");
             let system = actix_web::rt::System::new();
             system.block_on(outpost::server::serve(config, |bound| {
                 let mut out = std::io::stdout().lock();
@@ -370,7 +371,8 @@ fn main() -> Result<()> {
                 check: !no_check,
                 config,
             };
-            init_quiet_logging();
+            // Warnings and errors only: progress and the report are ours.
+            init_logging("warn", false);
             run_async(run_restore(request, &data_dir, json))
         }
     }
@@ -381,16 +383,6 @@ fn run_async<F: std::future::Future<Output = Result<()>>>(work: F) -> Result<()>
         .enable_all()
         .build()?
         .block_on(work)
-}
-
-/// Warnings and errors only, on stderr (progress and the report are ours).
-fn init_quiet_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// RFC 3339 or Unix milliseconds.

@@ -55,11 +55,6 @@ pub fn now_ms() -> u64 {
     crate::crdt::Hlc::now_ms()
 }
 
-/// The wall-clock milliseconds of a hybrid-clock stamp.
-pub fn hlc_ms(hlc: u64) -> u64 {
-    hlc >> 16
-}
-
 /// `rel` for object names: `<node>/segments/<index>.seg`.
 pub fn segment_name(node_id: &str, index: u64) -> String {
     format!("{node_id}/segments/{index:020}.seg")

@@ -159,8 +159,9 @@ async fn choose_snapshot(
 ) -> Result<Manifest, BackupError> {
     let manifests = snapshot::list(store, node).await?;
     let oldest = manifests.first().map(|m| m.created_ms);
-    let usable =
-        |m: &&Manifest| at_ms.is_none_or(|at| m.created_ms <= at && super::hlc_ms(m.max_hlc) <= at);
+    let usable = |m: &&Manifest| {
+        at_ms.is_none_or(|at| m.created_ms <= at && crate::crdt::Hlc::wall_ms(m.max_hlc) <= at)
+    };
     match manifests.iter().rev().find(usable) {
         Some(m) => Ok(m.clone()),
         None => Err(BackupError::Incomplete(match (oldest, at_ms) {
@@ -213,7 +214,7 @@ async fn download_snapshot(
         Err(BackupError::Io(e)) => return Err(corrupt(format!("does not decompress: {e}"))),
         other => other?,
     };
-    let digest = snapshot::hex(&hasher.finalize());
+    let digest = crate::db::migrate::hex(&hasher.finalize());
     if got != manifest.object_bytes || digest != manifest.sha256 {
         return Err(corrupt(format!(
             "checksum mismatch: {got} bytes with SHA-256 {digest}, the manifest says {} bytes with {}",
@@ -238,8 +239,7 @@ fn make_new_node(db_path: &std::path::Path) -> Result<String, BackupError> {
             "the snapshot's database fails SQLite's quick_check: {check}"
         )));
     }
-    let node_id: [u8; 16] = rand::random();
-    let node_id: String = node_id.iter().map(|b| format!("{b:02x}")).collect();
+    let node_id = crate::db::conn::new_node_id();
     conn.execute_batch("BEGIN IMMEDIATE; DELETE FROM _outpost_peers;")?;
     conn.execute(
         "INSERT OR REPLACE INTO _outpost_meta (key, value) VALUES ('node_id', ?1)",
@@ -274,6 +274,8 @@ async fn replay_segments(
         at_ms: req.at_ms,
         stopped: Default::default(),
     };
+    // Every segment carries the certificates of its keys: the same few.
+    let mut certs = std::collections::BTreeSet::new();
     let total = listed.len() as u64;
     let result = async {
         for (done, (_, name)) in listed.iter().enumerate() {
@@ -286,7 +288,7 @@ async fn replay_segments(
                     object: store.describe(&rel),
                     reason: e.to_string(),
                 })?;
-            keep_certificates(&req.config.db_path(), &segment)?;
+            certs.extend(segment.certs.iter().cloned());
             let entries = replay.select(segment, report).map_err(|reason| {
                 BackupError::Incomplete(format!("{}: {reason}", store.describe(&rel)))
             })?;
@@ -309,7 +311,8 @@ async fn replay_segments(
     if let Some(db) = db {
         db.shutdown();
     }
-    result
+    result?;
+    keep_certificates(&req.config.db_path(), &certs)
 }
 
 fn open_database(config: &Config) -> Result<crate::db::Database, BackupError> {
@@ -356,7 +359,9 @@ impl Replay {
                 report.entries_already_held += 1;
                 continue;
             }
-            let after_at = self.at_ms.is_some_and(|at| super::hlc_ms(entry.hlc) > at);
+            let after_at = self
+                .at_ms
+                .is_some_and(|at| crate::crdt::Hlc::wall_ms(entry.hlc) > at);
             if after_at || self.stopped.contains(&entry.origin) {
                 self.stopped.insert(entry.origin);
                 report.entries_after_at += 1;
@@ -370,7 +375,9 @@ impl Replay {
                 ));
             }
             self.have.observe(entry.origin, entry.seq);
-            report.last_entry_ms = report.last_entry_ms.max(super::hlc_ms(entry.hlc));
+            report.last_entry_ms = report
+                .last_entry_ms
+                .max(crate::crdt::Hlc::wall_ms(entry.hlc));
             out.push(entry);
         }
         Ok(out)
@@ -382,22 +389,25 @@ impl Replay {
         let Some(at) = self.at_ms else { return false };
         super::segment::read_header(bytes)
             .map(|(h, _)| {
-                h.entries > 0 && super::hlc_ms(h.min_hlc) > at + crate::crdt::hlc::MAX_AHEAD_MS
+                h.entries > 0
+                    && crate::crdt::Hlc::wall_ms(h.min_hlc) > at + crate::crdt::hlc::MAX_AHEAD_MS
             })
             .unwrap_or(false)
     }
 }
 
-/// The certificates a segment carries go into `_outpost_keys`, so the
+/// The certificates the segments carried go into `_outpost_keys`, so the
 /// restored node can prove its entries to peers (its key ring checks each
 /// against the cluster CA when it starts).
-fn keep_certificates(db_path: &std::path::Path, segment: &Segment) -> Result<(), BackupError> {
-    if segment.certs.is_empty() {
+fn keep_certificates(
+    db_path: &std::path::Path,
+    certs: &std::collections::BTreeSet<Vec<u8>>,
+) -> Result<(), BackupError> {
+    if certs.is_empty() {
         return Ok(());
     }
     let conn = libsql_sys::rusqlite::Connection::open(db_path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    for der in &segment.certs {
+    for der in certs {
         let Ok(known) = crate::sync::keys::parse_certificate(der) else {
             tracing::warn!("a segment carries a certificate that does not parse; skipped");
             continue;
@@ -447,7 +457,7 @@ async fn apply(
         Some((why, hlc)) => Err(BackupError::Incomplete(format!(
             "{refused} entries of the backup could not be applied to its snapshot (the first: \
              {why}); `--at {}` restores the state just before that entry",
-            super::hlc_ms(hlc).saturating_sub(1)
+            crate::crdt::Hlc::wall_ms(hlc).saturating_sub(1)
         ))),
     }
 }

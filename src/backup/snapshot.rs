@@ -7,8 +7,8 @@
 //! and from which segment on the log may hold more (`first_segment`), so a
 //! restore downloads only the segments it needs.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 use libsql_sys::rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
@@ -155,21 +155,16 @@ fn read_facts(copy: &Path) -> Result<Facts, BackupError> {
 
 /// Compresses `from` into `to`; returns the compressed size and its SHA-256.
 fn compress_file(from: &Path, to: &Path, level: i32) -> Result<(u64, String), BackupError> {
-    let input = std::io::BufReader::new(std::fs::File::open(from)?);
+    let mut input = std::io::BufReader::new(std::fs::File::open(from)?);
     let output = HashingWriter::new(std::fs::File::create(to)?);
     let mut encoder = zstd::stream::Encoder::new(output, level)?;
-    copy_all(input, &mut encoder)?;
+    std::io::copy(&mut input, &mut encoder)?;
     let output = encoder.finish()?;
     output.inner.sync_all()?;
-    Ok((output.written, hex(&output.hasher.finalize())))
-}
-
-fn copy_all(mut from: impl Read, to: &mut impl Write) -> std::io::Result<u64> {
-    std::io::copy(&mut from, to)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok((
+        output.written,
+        crate::db::migrate::hex(&output.hasher.finalize()),
+    ))
 }
 
 /// A writer that hashes and counts what passes through.
@@ -290,11 +285,6 @@ pub async fn prune(
         }
     }
     Ok(deleted)
-}
-
-/// A temporary path in `dir` for a download.
-pub fn download_path(dir: &Path) -> PathBuf {
-    dir.join("restore-download.db.zst")
 }
 
 #[cfg(test)]

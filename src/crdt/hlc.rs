@@ -42,6 +42,11 @@ impl Hlc {
         self.last
     }
 
+    /// The wall-clock milliseconds of a stamp (its high 48 bits).
+    pub fn wall_ms(stamp: u64) -> u64 {
+        stamp >> 16
+    }
+
     pub fn now_ms() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1349,7 +1349,7 @@ impl Capture {
                     "its clock is more than {} s ahead of this node's (wall time {} ms); \
                      check the origin's clock, then replay",
                     crate::crdt::hlc::MAX_AHEAD_MS / 1000,
-                    entry.hlc >> 16
+                    Hlc::wall_ms(entry.hlc)
                 ),
             ));
         }

@@ -492,8 +492,7 @@ fn pragma_denial(name: &str, value: Option<&str>) -> Option<String> {
 /// Creates outpost's metadata table on first open: the node's stable random
 /// id and the on-disk format version. Runs on the writer connection.
 pub fn init_meta(conn: &Connection, guard: &Guard) -> Result<(), libsql_sys::rusqlite::Error> {
-    let node_id: [u8; 16] = rand::random();
-    let node_id: String = node_id.iter().map(|b| format!("{b:02x}")).collect();
+    let node_id = new_node_id();
     guard.internal(|| {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _outpost_meta (key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
@@ -506,6 +505,11 @@ pub fn init_meta(conn: &Connection, guard: &Guard) -> Result<(), libsql_sys::rus
         )?;
         Ok(())
     })
+}
+
+/// A fresh node id: 16 random bytes, in hex.
+pub fn new_node_id() -> String {
+    super::migrate::hex(&rand::random::<[u8; 16]>())
 }
 
 /// Creates the database (if needed) and its node id; returns the id.

@@ -1204,7 +1204,7 @@ async fn apply(shared: &Shared, label: &str, peer: &str, entries: Vec<LogEntry>)
             for (outcome, hlc) in outcomes.iter().zip(hlcs) {
                 match outcome {
                     Applied::Applied => {
-                        let wall_ms = hlc >> 16;
+                        let wall_ms = crate::crdt::Hlc::wall_ms(hlc);
                         stats.lag_seconds = now_ms.saturating_sub(wall_ms) as f64 / 1000.0;
                         lag.observe(stats.lag_seconds);
                     }
