@@ -860,4 +860,51 @@ mod tests {
         let env = vec![("OUTPOST_DB_NOPE".to_string(), "1".to_string())];
         assert!(Config::load(None, env).is_err());
     }
+
+    #[test]
+    fn backup_settings_are_checked_at_their_bounds() {
+        let load = |pairs: &[(&str, &str)]| {
+            let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            Config::load(None, env)
+        };
+        for level in ["1", "19"] {
+            load(&[("OUTPOST_BACKUP_COMPRESSION_LEVEL", level)]).unwrap();
+        }
+        for level in ["0", "20"] {
+            let err = load(&[("OUTPOST_BACKUP_COMPRESSION_LEVEL", level)]).unwrap_err();
+            assert!(
+                err.to_string().contains("backup.compression_level"),
+                "{err}"
+            );
+        }
+        let at_bound = [
+            ("OUTPOST_BACKUP_SEGMENT_BYTES", "4096"),
+            ("OUTPOST_BACKUP_MAX_BACKLOG_BYTES", "4096"),
+        ];
+        load(&at_bound).unwrap();
+        let err = load(&[
+            ("OUTPOST_BACKUP_SEGMENT_BYTES", "4096"),
+            ("OUTPOST_BACKUP_MAX_BACKLOG_BYTES", "4095"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("backup.max_backlog_bytes"),
+            "{err}"
+        );
+        for zero in [
+            "OUTPOST_BACKUP_SEGMENT_BYTES",
+            "OUTPOST_BACKUP_SNAPSHOT_KEEP",
+        ] {
+            let err = load(&[(zero, "0")]).unwrap_err();
+            assert!(err.to_string().contains("greater than 0"), "{zero}: {err}");
+        }
+        for zero in ["OUTPOST_BACKUP_INTERVAL", "OUTPOST_BACKUP_TIMEOUT"] {
+            assert!(load(&[(zero, "\"0s\"")]).is_err(), "{zero}");
+        }
+        for bad in ["relative/dir", "file://relative", "s3://", "http://bucket"] {
+            let err = load(&[("OUTPOST_BACKUP_URL", bad)]).unwrap_err();
+            assert!(err.to_string().contains("backup.url"), "{bad}: {err}");
+        }
+        load(&[("OUTPOST_BACKUP_URL", "s3://bucket/prefix")]).unwrap();
+    }
 }
