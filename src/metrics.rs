@@ -4,8 +4,9 @@
 //! `_total`). The registry is per [`Metrics`] value (not global), so tests can
 //! run several servers in one process.
 
+use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -52,7 +53,46 @@ pub struct Metrics {
     pub backup_upload_failures_total: IntCounterVec,
     pub backup_segments_total: IntCounter,
     pub backup_snapshot_duration_seconds: Histogram,
+    pub backup_enabled: IntGauge,
+    pub backup_max_backlog_bytes: IntGauge,
+    pub node_info: IntGaugeVec,
+    pub sync_peer_behind_entries: IntGaugeVec,
+    pub sync_peer_behind_seconds: GaugeVec,
+    pub quarantined_entries: IntGauge,
+    pub data_dir_free_bytes: IntGauge,
+    pub data_dir_capacity_bytes: IntGauge,
 }
+
+/// A metric's Prometheus type, for the reference table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One row of the metrics reference: what `/metrics` may show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricDoc {
+    pub name: String,
+    pub kind: Kind,
+    pub labels: Vec<String>,
+    pub help: String,
+}
+
+/// Where README.md keeps the generated table, between these two lines.
+pub const REFERENCE_BEGIN: &str = "<!-- metrics reference: generated from src/metrics.rs -->";
+pub const REFERENCE_END: &str = "<!-- end of metrics reference -->";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -330,59 +370,180 @@ impl Metrics {
                 .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
             )
             .expect("valid metric"),
+            backup_enabled: IntGauge::new(
+                "outpost_backup_enabled",
+                "1 when this node ships its log and snapshots to a backup (backup.enabled).",
+            )
+            .expect("valid metric"),
+            backup_max_backlog_bytes: IntGauge::new(
+                "outpost_backup_max_backlog_bytes",
+                "The configured bound on the unshipped backlog (backup.max_backlog_bytes).",
+            )
+            .expect("valid metric"),
+            node_info: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_node_info",
+                    "Always 1; labels name this node and the outpost version it runs.",
+                ),
+                &["node_id", "version"],
+            )
+            .expect("valid metric"),
+            sync_peer_behind_entries: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_sync_peer_behind_entries",
+                    "Log entries this node holds that a connected peer lacks, per its last acknowledgment.",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            sync_peer_behind_seconds: GaugeVec::new(
+                Opts::new(
+                    "outpost_sync_peer_behind_seconds",
+                    "Seconds since a connected peer last held every entry this node holds (0 while it does).",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            quarantined_entries: IntGauge::new(
+                "outpost_quarantined_entries",
+                "Incoming entries held in quarantine now (outpost quarantine list).",
+            )
+            .expect("valid metric"),
+            data_dir_free_bytes: IntGauge::new(
+                "outpost_data_dir_free_bytes",
+                "Bytes available to outpost on the filesystem that holds the data directory.",
+            )
+            .expect("valid metric"),
+            data_dir_capacity_bytes: IntGauge::new(
+                "outpost_data_dir_capacity_bytes",
+                "Size of the filesystem that holds the data directory.",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
         m
     }
 
+    /// Every outpost metric with its kind, in the order of the reference table.
+    fn collectors(&self) -> Vec<(Box<dyn Collector>, Kind)> {
+        vec![
+            (Box::new(self.http_requests_total.clone()), Kind::Counter),
+            (Box::new(self.http_request_duration_seconds.clone()), Kind::Histogram),
+            (Box::new(self.streams_open.clone()), Kind::Gauge),
+            (Box::new(self.ws_connections_open.clone()), Kind::Gauge),
+            (Box::new(self.feed_subscribers.clone()), Kind::Gauge),
+            (Box::new(self.feed_events_total.clone()), Kind::Counter),
+            (Box::new(self.feed_lagged_total.clone()), Kind::Counter),
+            (Box::new(self.writer_queue_depth.clone()), Kind::Gauge),
+            (Box::new(self.reader_queue_depth.clone()), Kind::Gauge),
+            (Box::new(self.group_commit_size.clone()), Kind::Histogram),
+            (Box::new(self.statements_total.clone()), Kind::Counter),
+            (Box::new(self.db_size_bytes.clone()), Kind::Gauge),
+            (Box::new(self.stream_expired_total.clone()), Kind::Counter),
+            (Box::new(self.rejected_total.clone()), Kind::Counter),
+            (Box::new(self.log_entries_total.clone()), Kind::Counter),
+            (Box::new(self.log_bytes.clone()), Kind::Gauge),
+            (Box::new(self.capture_duration_seconds.clone()), Kind::Histogram),
+            (Box::new(self.doc_cache_hits_total.clone()), Kind::Counter),
+            (Box::new(self.doc_cache_misses_total.clone()), Kind::Counter),
+            (Box::new(self.tables_replicated.clone()), Kind::Gauge),
+            (Box::new(self.sync_rejected_total.clone()), Kind::Counter),
+            (Box::new(self.sync_entries_sent_total.clone()), Kind::Counter),
+            (Box::new(self.sync_entries_received_total.clone()), Kind::Counter),
+            (Box::new(self.sync_bytes_sent_total.clone()), Kind::Counter),
+            (Box::new(self.sync_bytes_received_total.clone()), Kind::Counter),
+            (Box::new(self.sync_lag_seconds.clone()), Kind::Histogram),
+            (Box::new(self.sync_peer_state.clone()), Kind::Gauge),
+            (Box::new(self.sync_paused.clone()), Kind::Gauge),
+            (Box::new(self.log_compacted_entries_total.clone()), Kind::Counter),
+            (Box::new(self.schema_version.clone()), Kind::Gauge),
+            (Box::new(self.migrations_applied_total.clone()), Kind::Counter),
+            (Box::new(self.sync_ignored_values_total.clone()), Kind::Counter),
+            (Box::new(self.sync_throttled_seconds_total.clone()), Kind::Counter),
+            (Box::new(self.backup_last_success_timestamp_seconds.clone()), Kind::Gauge),
+            (Box::new(self.backup_unshipped_entries.clone()), Kind::Gauge),
+            (Box::new(self.backup_unshipped_bytes.clone()), Kind::Gauge),
+            (Box::new(self.backup_backlog_over_limit.clone()), Kind::Gauge),
+            (Box::new(self.backup_upload_bytes_total.clone()), Kind::Counter),
+            (Box::new(self.backup_upload_failures_total.clone()), Kind::Counter),
+            (Box::new(self.backup_segments_total.clone()), Kind::Counter),
+            (Box::new(self.backup_snapshot_duration_seconds.clone()), Kind::Histogram),
+            (Box::new(self.backup_enabled.clone()), Kind::Gauge),
+            (Box::new(self.backup_max_backlog_bytes.clone()), Kind::Gauge),
+            (Box::new(self.node_info.clone()), Kind::Gauge),
+            (Box::new(self.sync_peer_behind_entries.clone()), Kind::Gauge),
+            (Box::new(self.sync_peer_behind_seconds.clone()), Kind::Gauge),
+            (Box::new(self.quarantined_entries.clone()), Kind::Gauge),
+            (Box::new(self.data_dir_free_bytes.clone()), Kind::Gauge),
+            (Box::new(self.data_dir_capacity_bytes.clone()), Kind::Gauge),
+        ]
+    }
+
     fn register_all(&self) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.http_requests_total.clone()),
-            Box::new(self.http_request_duration_seconds.clone()),
-            Box::new(self.streams_open.clone()),
-            Box::new(self.ws_connections_open.clone()),
-            Box::new(self.feed_subscribers.clone()),
-            Box::new(self.feed_events_total.clone()),
-            Box::new(self.feed_lagged_total.clone()),
-            Box::new(self.writer_queue_depth.clone()),
-            Box::new(self.reader_queue_depth.clone()),
-            Box::new(self.group_commit_size.clone()),
-            Box::new(self.statements_total.clone()),
-            Box::new(self.db_size_bytes.clone()),
-            Box::new(self.stream_expired_total.clone()),
-            Box::new(self.rejected_total.clone()),
-            Box::new(self.log_entries_total.clone()),
-            Box::new(self.log_bytes.clone()),
-            Box::new(self.capture_duration_seconds.clone()),
-            Box::new(self.doc_cache_hits_total.clone()),
-            Box::new(self.doc_cache_misses_total.clone()),
-            Box::new(self.tables_replicated.clone()),
-            Box::new(self.sync_rejected_total.clone()),
-            Box::new(self.sync_entries_sent_total.clone()),
-            Box::new(self.sync_entries_received_total.clone()),
-            Box::new(self.sync_bytes_sent_total.clone()),
-            Box::new(self.sync_bytes_received_total.clone()),
-            Box::new(self.sync_lag_seconds.clone()),
-            Box::new(self.sync_peer_state.clone()),
-            Box::new(self.sync_paused.clone()),
-            Box::new(self.log_compacted_entries_total.clone()),
-            Box::new(self.schema_version.clone()),
-            Box::new(self.migrations_applied_total.clone()),
-            Box::new(self.sync_ignored_values_total.clone()),
-            Box::new(self.sync_throttled_seconds_total.clone()),
-            Box::new(self.backup_last_success_timestamp_seconds.clone()),
-            Box::new(self.backup_unshipped_entries.clone()),
-            Box::new(self.backup_unshipped_bytes.clone()),
-            Box::new(self.backup_backlog_over_limit.clone()),
-            Box::new(self.backup_upload_bytes_total.clone()),
-            Box::new(self.backup_upload_failures_total.clone()),
-            Box::new(self.backup_segments_total.clone()),
-            Box::new(self.backup_snapshot_duration_seconds.clone()),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
-        ];
-        for c in collectors {
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let own = self.collectors().into_iter().map(|(c, _)| c);
+        for c in own.chain(std::iter::once(Box::new(process) as Box<dyn Collector>)) {
             self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// Every outpost metric (the standard `process_*` ones aside), from
+    /// the definitions themselves, so the documentation cannot drift.
+    pub fn reference(&self) -> Vec<MetricDoc> {
+        let mut docs = Vec::new();
+        for (collector, kind) in self.collectors() {
+            for desc in collector.desc() {
+                docs.push(MetricDoc {
+                    name: desc.fq_name.clone(),
+                    kind,
+                    labels: desc.variable_labels.clone(),
+                    help: desc.help.clone(),
+                });
+            }
+        }
+        docs
+    }
+
+    /// The reference as the Markdown table README.md holds.
+    pub fn reference_table(&self) -> String {
+        let mut table = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+        for doc in self.reference() {
+            let labels = doc
+                .labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            table.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                doc.name,
+                doc.kind.as_str(),
+                labels,
+                doc.help.replace('|', "\\|")
+            ));
+        }
+        table.push_str("| `process_*` | | | the standard process metrics: `process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_virtual_memory_bytes`, `process_start_time_seconds`, `process_threads` |\n");
+        table
+    }
+
+    /// Labels this node's series with its id and version (`outpost_node_info`).
+    pub fn set_node(&self, node_id: &str) {
+        self.node_info.reset();
+        self.node_info
+            .with_label_values(&[node_id, env!("CARGO_PKG_VERSION")])
+            .set(1);
+    }
+
+    /// Reads the data directory's filesystem (free and total bytes); on
+    /// error the gauges keep their last values.
+    pub fn observe_data_dir(&self, data_dir: &std::path::Path) {
+        match filesystem_space(data_dir) {
+            Ok((free, capacity)) => {
+                self.data_dir_free_bytes.set(free as i64);
+                self.data_dir_capacity_bytes.set(capacity as i64);
+            }
+            Err(e) => tracing::warn!(dir = %data_dir.display(), error = %e, "cannot read the data directory's free space"),
         }
     }
 
@@ -395,6 +556,28 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// (bytes available to unprivileged users, total bytes) of the filesystem
+/// holding `path`.
+fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to
+    // writable memory of the right size; statvfs initializes it on success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    let fragment = stat.f_frsize as u64;
+    Ok((
+        stat.f_bavail as u64 * fragment,
+        stat.f_blocks as u64 * fragment,
+    ))
 }
 
 impl Default for Metrics {

@@ -169,6 +169,9 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     let _lock = crate::db::lock_data_dir(data_dir).map_err(ServeError::Refused)?;
     let metrics = Arc::new(Metrics::new());
     let db = Arc::new(Database::open(&config, Arc::clone(&metrics))?);
+    if let Ok(meta) = db.meta() {
+        metrics.set_node(&meta.node_id);
+    }
     migrate_on_start(&config, &db).await?;
     let tls = tls_files(&config)
         .map(|(c, k)| load_tls(&c, &k))
@@ -288,6 +291,10 @@ fn start_backup(
         tracing::warn!("backup.enabled = false: this node keeps no backup");
         return Ok(None);
     }
+    metrics.backup_enabled.set(1);
+    metrics
+        .backup_max_backlog_bytes
+        .set(config.backup.max_backlog_bytes as i64);
     let backup = crate::backup::Backup::start(config, Arc::clone(db), Arc::clone(metrics))?;
     Ok(Some(backup))
 }

@@ -139,6 +139,11 @@ async fn migrate(app: web::Data<AppState>) -> HttpResponse {
 
 async fn metrics(app: web::Data<AppState>) -> HttpResponse {
     app.metrics.db_size_bytes.set(app.db.size_bytes() as i64);
+    app.metrics.observe_data_dir(&app.config.node.data_dir);
+    match app.db.log().quarantine_count() {
+        Ok(n) => app.metrics.quarantined_entries.set(n as i64),
+        Err(e) => tracing::warn!(error = %e, "cannot count quarantined entries"),
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(app.metrics.render())

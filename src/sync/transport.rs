@@ -678,6 +678,8 @@ struct Driver {
     started: Instant,
     /// Peers paused at the last publish (to log changes).
     paused: HashMap<String, PauseKind>,
+    /// Since when each connected peer has lacked some entry of ours.
+    behind_since: HashMap<String, Instant>,
 }
 
 impl Driver {
@@ -706,6 +708,7 @@ impl Driver {
             links: HashMap::new(),
             started: Instant::now(),
             paused: HashMap::new(),
+            behind_since: HashMap::new(),
         }
     }
 
@@ -1074,13 +1077,21 @@ impl Driver {
         let metrics = &self.shared.metrics;
         metrics.sync_peer_state.reset();
         metrics.sync_paused.reset();
+        metrics.sync_peer_behind_entries.reset();
+        metrics.sync_peer_behind_seconds.reset();
         let mut paused = HashMap::new();
+        let mut behind_since = HashMap::new();
         for status in self.core.status() {
             let label = self.status_label(&status);
             metrics
                 .sync_peer_state
                 .with_label_values(&[&label, status.state.as_str()])
                 .inc();
+            if let Some(has) = &status.peer_has {
+                let entries = behind(self.core.local(), has);
+                let since = self.publish_behind(&label, entries);
+                behind_since.extend(since.map(|at| (label.clone(), at)));
+            }
             if let Some((kind, reason)) = &status.paused {
                 metrics
                     .sync_paused
@@ -1098,6 +1109,29 @@ impl Driver {
             }
         }
         self.paused = paused;
+        self.behind_since = behind_since;
+    }
+
+    /// Sets a connected peer's behind gauges; returns since when it has
+    /// lacked something (None: it holds everything this node holds).
+    fn publish_behind(&self, label: &str, entries: u64) -> Option<Instant> {
+        let metrics = &self.shared.metrics;
+        metrics
+            .sync_peer_behind_entries
+            .with_label_values(&[label])
+            .set(entries as i64);
+        let since = (entries > 0).then(|| {
+            self.behind_since
+                .get(label)
+                .copied()
+                .unwrap_or_else(Instant::now)
+        });
+        let seconds = since.map_or(0.0, |at| at.elapsed().as_secs_f64());
+        metrics
+            .sync_peer_behind_seconds
+            .with_label_values(&[label])
+            .set(seconds);
+        since
     }
 
     /// A peer's metric label: its node id once known, else its URL.
