@@ -6,8 +6,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -429,7 +429,10 @@ impl Metrics {
     fn collectors(&self) -> Vec<(Box<dyn Collector>, Kind)> {
         vec![
             (Box::new(self.http_requests_total.clone()), Kind::Counter),
-            (Box::new(self.http_request_duration_seconds.clone()), Kind::Histogram),
+            (
+                Box::new(self.http_request_duration_seconds.clone()),
+                Kind::Histogram,
+            ),
             (Box::new(self.streams_open.clone()), Kind::Gauge),
             (Box::new(self.ws_connections_open.clone()), Kind::Gauge),
             (Box::new(self.feed_subscribers.clone()), Kind::Gauge),
@@ -444,31 +447,70 @@ impl Metrics {
             (Box::new(self.rejected_total.clone()), Kind::Counter),
             (Box::new(self.log_entries_total.clone()), Kind::Counter),
             (Box::new(self.log_bytes.clone()), Kind::Gauge),
-            (Box::new(self.capture_duration_seconds.clone()), Kind::Histogram),
+            (
+                Box::new(self.capture_duration_seconds.clone()),
+                Kind::Histogram,
+            ),
             (Box::new(self.doc_cache_hits_total.clone()), Kind::Counter),
             (Box::new(self.doc_cache_misses_total.clone()), Kind::Counter),
             (Box::new(self.tables_replicated.clone()), Kind::Gauge),
             (Box::new(self.sync_rejected_total.clone()), Kind::Counter),
-            (Box::new(self.sync_entries_sent_total.clone()), Kind::Counter),
-            (Box::new(self.sync_entries_received_total.clone()), Kind::Counter),
+            (
+                Box::new(self.sync_entries_sent_total.clone()),
+                Kind::Counter,
+            ),
+            (
+                Box::new(self.sync_entries_received_total.clone()),
+                Kind::Counter,
+            ),
             (Box::new(self.sync_bytes_sent_total.clone()), Kind::Counter),
-            (Box::new(self.sync_bytes_received_total.clone()), Kind::Counter),
+            (
+                Box::new(self.sync_bytes_received_total.clone()),
+                Kind::Counter,
+            ),
             (Box::new(self.sync_lag_seconds.clone()), Kind::Histogram),
             (Box::new(self.sync_peer_state.clone()), Kind::Gauge),
             (Box::new(self.sync_paused.clone()), Kind::Gauge),
-            (Box::new(self.log_compacted_entries_total.clone()), Kind::Counter),
+            (
+                Box::new(self.log_compacted_entries_total.clone()),
+                Kind::Counter,
+            ),
             (Box::new(self.schema_version.clone()), Kind::Gauge),
-            (Box::new(self.migrations_applied_total.clone()), Kind::Counter),
-            (Box::new(self.sync_ignored_values_total.clone()), Kind::Counter),
-            (Box::new(self.sync_throttled_seconds_total.clone()), Kind::Counter),
-            (Box::new(self.backup_last_success_timestamp_seconds.clone()), Kind::Gauge),
+            (
+                Box::new(self.migrations_applied_total.clone()),
+                Kind::Counter,
+            ),
+            (
+                Box::new(self.sync_ignored_values_total.clone()),
+                Kind::Counter,
+            ),
+            (
+                Box::new(self.sync_throttled_seconds_total.clone()),
+                Kind::Counter,
+            ),
+            (
+                Box::new(self.backup_last_success_timestamp_seconds.clone()),
+                Kind::Gauge,
+            ),
             (Box::new(self.backup_unshipped_entries.clone()), Kind::Gauge),
             (Box::new(self.backup_unshipped_bytes.clone()), Kind::Gauge),
-            (Box::new(self.backup_backlog_over_limit.clone()), Kind::Gauge),
-            (Box::new(self.backup_upload_bytes_total.clone()), Kind::Counter),
-            (Box::new(self.backup_upload_failures_total.clone()), Kind::Counter),
+            (
+                Box::new(self.backup_backlog_over_limit.clone()),
+                Kind::Gauge,
+            ),
+            (
+                Box::new(self.backup_upload_bytes_total.clone()),
+                Kind::Counter,
+            ),
+            (
+                Box::new(self.backup_upload_failures_total.clone()),
+                Kind::Counter,
+            ),
             (Box::new(self.backup_segments_total.clone()), Kind::Counter),
-            (Box::new(self.backup_snapshot_duration_seconds.clone()), Kind::Histogram),
+            (
+                Box::new(self.backup_snapshot_duration_seconds.clone()),
+                Kind::Histogram,
+            ),
             (Box::new(self.backup_enabled.clone()), Kind::Gauge),
             (Box::new(self.backup_max_backlog_bytes.clone()), Kind::Gauge),
             (Box::new(self.node_info.clone()), Kind::Gauge),
@@ -543,7 +585,9 @@ impl Metrics {
                 self.data_dir_free_bytes.set(free as i64);
                 self.data_dir_capacity_bytes.set(capacity as i64);
             }
-            Err(e) => tracing::warn!(dir = %data_dir.display(), error = %e, "cannot read the data directory's free space"),
+            Err(e) => {
+                tracing::warn!(dir = %data_dir.display(), error = %e, "cannot read the data directory's free space")
+            }
         }
     }
 
@@ -573,10 +617,10 @@ fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let stat = unsafe { stat.assume_init() };
-    let fragment = stat.f_frsize as u64;
+    let fragment = u64::from(stat.f_frsize);
     Ok((
-        stat.f_bavail as u64 * fragment,
-        stat.f_blocks as u64 * fragment,
+        u64::from(stat.f_bavail) * fragment,
+        u64::from(stat.f_blocks) * fragment,
     ))
 }
 
