@@ -604,6 +604,8 @@ impl Metrics {
 
 /// (bytes available to unprivileged users, total bytes) of the filesystem
 /// holding `path`.
+// The statvfs fields are u64 here but narrower on 32-bit targets.
+#[allow(clippy::useless_conversion)]
 fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
