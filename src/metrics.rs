@@ -659,4 +659,65 @@ mod tests {
         }
         assert!(text.contains("outpost_writer_queue_depth"));
     }
+
+    /// README.md's metrics table is the one the definitions generate.
+    /// `OUTPOST_BLESS=1 cargo test --lib metrics` rewrites it.
+    #[test]
+    fn readme_table_matches_the_definitions() {
+        use super::{REFERENCE_BEGIN, REFERENCE_END};
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let begin = readme
+            .find(REFERENCE_BEGIN)
+            .expect("README has the begin marker");
+        let body_at = begin + REFERENCE_BEGIN.len() + 1;
+        let end = readme
+            .find(REFERENCE_END)
+            .expect("README has the end marker");
+        let expected = super::Metrics::new().reference_table();
+        if readme[body_at..end] == expected {
+            return;
+        }
+        if std::env::var("OUTPOST_BLESS").is_ok_and(|v| v == "1") {
+            let updated = format!("{}{expected}{}", &readme[..body_at], &readme[end..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        panic!(
+            "README.md's metrics table is stale; run `OUTPOST_BLESS=1 cargo test --lib metrics` \
+             or paste:\n{expected}"
+        );
+    }
+
+    /// Prometheus naming: a prefix, counters end in `_total`, units are
+    /// base units spelled out, and no two metrics share a name.
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let docs = super::Metrics::new().reference();
+        let mut seen = std::collections::HashSet::new();
+        for doc in &docs {
+            assert!(seen.insert(doc.name.clone()), "{} twice", doc.name);
+            assert!(doc.name.starts_with("outpost_"), "{}", doc.name);
+            let is_total = doc.name.ends_with("_total");
+            assert_eq!(doc.kind == super::Kind::Counter, is_total, "{}", doc.name);
+            for bad in [
+                "_ms",
+                "_milliseconds",
+                "_kb",
+                "_mb",
+                "_count",
+                "_sum",
+                "_bucket",
+            ] {
+                assert!(!doc.name.ends_with(bad), "{}", doc.name);
+            }
+            assert!(
+                doc.help.ends_with('.') || doc.help.ends_with(')'),
+                "{}: {}",
+                doc.name,
+                doc.help
+            );
+        }
+        assert!(docs.len() >= 45, "{} metrics", docs.len());
+    }
 }
