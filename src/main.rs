@@ -106,6 +106,9 @@ enum Command {
         /// Admin URL (default: http://<admin.listen>).
         #[arg(long)]
         admin: Option<String>,
+        /// Print the report as JSON (for scripts) instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -321,10 +324,20 @@ fn main() -> Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Status { admin, common } => {
+        Command::Status {
+            admin,
+            json,
+            common,
+        } => {
             let config = load_config(&common)?;
             let base = admin.unwrap_or_else(|| format!("http://{}", config.admin.listen));
-            status(&base)
+            let report = status_report(&base)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_status(&report);
+            }
+            Ok(())
         }
         Command::Dev {
             nodes,
@@ -756,60 +769,84 @@ fn http_request_with(base: &str, method: &str, path: &str, body: &str) -> Result
     Ok((code, body.to_string()))
 }
 
-fn metric(text: &str, name: &str) -> String {
+/// A sample's value from the Prometheus text output (the first series of
+/// that name without labels), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("-")
-        .to_string()
+        .and_then(|v| v.parse().ok())
 }
 
-fn status(base: &str) -> Result<()> {
+/// A gauge as JSON: whole numbers as integers (the gauges here count
+/// things or bytes).
+fn metric_json(value: Option<f64>) -> serde_json::Value {
+    match value {
+        Some(v) if v.fract() == 0.0 && v.abs() < 9e15 => serde_json::json!(v as i64),
+        other => serde_json::json!(other),
+    }
+}
+
+/// Bytes for people: 512 B, 1.5 MB, 17.9 GB.
+fn human_bytes(bytes: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// Everything `outpost status` shows, gathered from the admin listener:
+/// `/version`, `/ready`, `/status` and a few gauges from `/metrics`.
+fn status_report(base: &str) -> Result<serde_json::Value> {
     let (_, version) = http_get(base, "/version")?;
     let (ready, _) = http_get(base, "/ready")?;
     let (_, metrics) = http_get(base, "/metrics")?;
-    let (_, node) = http_get(base, "/status")?;
+    let (code, node) = http_get(base, "/status")?;
+    let node: serde_json::Value = serde_json::from_str(node.trim())
+        .with_context(|| format!("{base}/status answered {code}: {node}"))?;
     let version: serde_json::Value = serde_json::from_str(version.trim()).unwrap_or_default();
-    let node: serde_json::Value = serde_json::from_str(node.trim()).unwrap_or_default();
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let gauges: serde_json::Map<String, serde_json::Value> = [
+        ("streams_open", "outpost_streams_open"),
+        ("writer_queue_depth", "outpost_writer_queue_depth"),
+        ("db_size_bytes", "outpost_db_size_bytes"),
+        ("rss_bytes", "process_resident_memory_bytes"),
+        ("data_dir_free_bytes", "outpost_data_dir_free_bytes"),
+    ]
+    .into_iter()
+    .map(|(key, name)| (key.to_string(), metric_json(metric(&metrics, name))))
+    .collect();
+    Ok(serde_json::json!({
+        "admin": base,
+        "version": version["version"],
+        "ready": ready == 200,
+        "node": node,
+        "metrics": gauges,
+    }))
+}
+
+/// `outpost status` as a table: the node, then one row per peer.
+fn print_status(report: &serde_json::Value) {
+    let node = &report["node"];
+    let bytes = |v: &serde_json::Value| v.as_f64().map_or("-".into(), human_bytes);
     let rows = [
-        ("admin", base.to_string()),
-        (
-            "version",
-            version["version"].as_str().unwrap_or("?").to_string(),
-        ),
+        ("admin", text(&report["admin"])),
+        ("version", text(&report["version"])),
         (
             "ready",
-            if ready == 200 {
-                "yes".into()
-            } else {
-                format!("no ({ready})")
-            },
+            if report["ready"] == true { "yes" } else { "no" }.into(),
         ),
         ("node id", text(&node["node_id"])),
         ("schema version", text(&node["schema_version"])),
-        (
-            "migrations",
-            match &node["schema"]["migrations"] {
-                serde_json::Value::Null => "not managed".into(),
-                dir => format!("{} (pending: {})", text(dir), node["schema"]["pending"]),
-            },
-        ),
-        (
-            "schema waits",
-            match &node["schema"]["waiting_for"] {
-                serde_json::Value::Null => "-".into(),
-                v => format!(
-                    "a peer is at version {}: {}",
-                    text(v),
-                    text(&node["schema"]["last_error"])
-                ),
-            },
-        ),
+        ("migrations", migrations_line(&node["schema"])),
+        ("schema waits", schema_wait_line(&node["schema"])),
         ("log entries", text(&node["log_entries"])),
         ("quarantined", text(&node["quarantined"])),
         (
@@ -827,44 +864,83 @@ fn status(base: &str) -> Result<()> {
                 v => text(v),
             },
         ),
-        ("open streams", metric(&metrics, "outpost_streams_open")),
+        ("open streams", text(&report["metrics"]["streams_open"])),
         (
             "writer queue",
-            metric(&metrics, "outpost_writer_queue_depth"),
+            text(&report["metrics"]["writer_queue_depth"]),
         ),
-        ("db size (bytes)", metric(&metrics, "outpost_db_size_bytes")),
+        ("db size", bytes(&report["metrics"]["db_size_bytes"])),
+        ("rss", bytes(&report["metrics"]["rss_bytes"])),
         (
-            "rss (bytes)",
-            metric(&metrics, "process_resident_memory_bytes"),
+            "disk free",
+            bytes(&report["metrics"]["data_dir_free_bytes"]),
         ),
     ];
     for (k, v) in rows {
         println!("{k:<16} {v}");
     }
-    let peers = node["peers"].as_array().cloned().unwrap_or_default();
-    if !peers.is_empty() {
-        println!();
-        println!(
-            "{:<32} {:<12} {:<34} {:>8} {:>10} {:>10}  note",
-            "peer", "state", "node id", "behind", "sent", "received"
-        );
-        for p in peers {
-            let note = match (&p["paused"], &p["last_error"]) {
-                (serde_json::Value::String(s), _) | (_, serde_json::Value::String(s)) => s.clone(),
-                _ => String::new(),
-            };
-            println!(
-                "{:<32} {:<12} {:<34} {:>8} {:>10} {:>10}  {note}",
-                text(&p["link"]),
-                text(&p["state"]),
-                text(&p["node_id"]),
-                text(&p["behind"]),
-                text(&p["entries_sent"]),
-                text(&p["entries_received"]),
-            );
-        }
+    print_peers(node["peers"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
     }
-    Ok(())
+}
+
+fn migrations_line(schema: &serde_json::Value) -> String {
+    match &schema["migrations"] {
+        serde_json::Value::Null => "not managed".into(),
+        dir => format!("{} (pending: {})", text(dir), schema["pending"]),
+    }
+}
+
+fn schema_wait_line(schema: &serde_json::Value) -> String {
+    match &schema["waiting_for"] {
+        serde_json::Value::Null => "-".into(),
+        v => format!(
+            "a peer is at version {}: {}",
+            text(v),
+            schema["last_error"].as_str().unwrap_or("migrating")
+        ),
+    }
+}
+
+/// One row per peer link: state, how far behind it is, traffic, and why it
+/// is paused or failing.
+fn print_peers(peers: &[serde_json::Value]) {
+    if peers.is_empty() {
+        println!("\nno peers");
+        return;
+    }
+    let seconds = |v: &serde_json::Value| match v.as_f64() {
+        Some(s) => format!("{s:.1}s"),
+        None => "-".into(),
+    };
+    println!();
+    println!(
+        "{:<34} {:<12} {:>8} {:>9} {:>9} {:>10} {:>10}  note",
+        "peer", "state", "behind", "behind_s", "lag", "sent", "received"
+    );
+    for p in peers {
+        let note = match (&p["paused"], &p["last_error"]) {
+            (serde_json::Value::String(s), _) | (_, serde_json::Value::String(s)) => s.clone(),
+            _ => p["url"].as_str().unwrap_or_default().to_string(),
+        };
+        println!(
+            "{:<34} {:<12} {:>8} {:>9} {:>9} {:>10} {:>10}  {note}",
+            text(&p["link"]),
+            text(&p["state"]),
+            text(&p["behind"]),
+            seconds(&p["behind_seconds"]),
+            seconds(&p["lag_seconds"]),
+            text(&p["entries_sent"]),
+            text(&p["entries_received"]),
+        );
+    }
 }
 
 /// `outpost check`: prints the report; exit status 1 when it found problems.

@@ -1171,6 +1171,12 @@ impl Driver {
                     "lag_seconds": stats.lag_seconds,
                     "entries_rejected": stats.rejected,
                     "behind": s.peer_has.as_ref().map(|has| behind(self.core.local(), has)),
+                    "behind_seconds": s.peer_has.as_ref().map(|_| {
+                        let label = self.status_label(s);
+                        self.behind_since
+                            .get(&label)
+                            .map_or(0.0, |at| at.elapsed().as_secs_f64())
+                    }),
                     "entries_sent": s.stats.entries_sent,
                     "entries_received": s.stats.entries_received,
                 })

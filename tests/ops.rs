@@ -1,0 +1,227 @@
+//! What operators see: the live `/metrics` output against the documented
+//! reference and `promtool check metrics`, `outpost status` as a table and
+//! as JSON, and JSON logs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{eventually, get, run, sync_env, text_arg, Options, Server};
+
+/// Two meshed nodes with a replicated row, so the per-peer series exist.
+fn pair(ca: &std::path::Path) -> (Server, Server) {
+    let a = Server::start_with(Options {
+        ca_dir: Some(ca),
+        env: sync_env(),
+        ..Default::default()
+    });
+    let b = Server::start_with(Options {
+        ca_dir: Some(ca),
+        env: sync_env(),
+        peers: vec![a.sync.clone().unwrap()],
+        ..Default::default()
+    });
+    // Replication carries rows, not DDL: both nodes get the table.
+    for node in [&a, &b] {
+        node.sql(
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)",
+            vec![],
+        );
+    }
+    a.write("INSERT INTO notes VALUES (1, ?)", vec![text_arg("hello")]);
+    eventually(Duration::from_secs(20), || {
+        b.rows("SELECT body FROM notes WHERE id = 1", vec![]).len() == 1
+    });
+    (a, b)
+}
+
+/// `# TYPE name kind` lines of a Prometheus text exposition.
+fn families(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// A tool from the environment variable or PATH; None (after a loud
+/// SKIPPED line) when absent, a failure when OUTPOST_REQUIRE_TOOLS=1.
+fn tool(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        return Some(PathBuf::from(path));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("OUTPOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{name} is required (OUTPOST_REQUIRE_TOOLS=1): install it or set {var}"
+        );
+        eprintln!("SKIPPED: {name} not found (set {var} or install it)");
+    }
+    found
+}
+
+#[test]
+fn live_metrics_match_the_reference_and_pass_promtool() {
+    let ca = tempfile::tempdir().unwrap();
+    let (a, b) = pair(ca.path());
+    let reference: HashMap<String, &'static str> = outpost::metrics::Metrics::new()
+        .reference()
+        .into_iter()
+        .map(|doc| (doc.name, doc.kind.as_str()))
+        .collect();
+    for node in [&a, &b] {
+        let (code, text) = get(&format!("{}/metrics", node.admin));
+        assert_eq!(code, 200);
+        let live = families(&text);
+        for (name, kind) in &live {
+            if name.starts_with("process_") {
+                continue;
+            }
+            assert_eq!(
+                reference.get(name).copied(),
+                Some(kind.as_str()),
+                "{name} ({kind}) is served but not in the reference (src/metrics.rs)"
+            );
+        }
+        // The series operators alert on are there on a live cluster.
+        for name in [
+            "outpost_node_info",
+            "outpost_sync_peer_state",
+            "outpost_sync_peer_behind_entries",
+            "outpost_sync_peer_behind_seconds",
+            "outpost_quarantined_entries",
+            "outpost_data_dir_free_bytes",
+            "outpost_data_dir_capacity_bytes",
+            "outpost_backup_enabled",
+            "outpost_backup_max_backlog_bytes",
+            "outpost_backup_last_success_timestamp_seconds",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(live.contains_key(name), "{name} missing:\n{text}");
+        }
+        let node_id = node.node_id();
+        assert!(
+            text.contains(&format!("outpost_node_info{{node_id=\"{node_id}\"")),
+            "{text}"
+        );
+        let Some(promtool) = tool("OUTPOST_PROMTOOL", "promtool") else {
+            continue;
+        };
+        let mut check = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn status_shows_the_node_and_its_peers_as_a_table_and_as_json() {
+    let ca = tempfile::tempdir().unwrap();
+    let (a, b) = pair(ca.path());
+    let b_id = b.node_id();
+    // The link is up and b holds everything a holds.
+    let mut report = serde_json::Value::Null;
+    eventually(Duration::from_secs(10), || {
+        let (status, out, err) = run(&["status", "--admin", &a.admin, "--json"]);
+        assert!(status.success(), "{err}");
+        report = serde_json::from_str(&out).expect("status --json prints JSON");
+        let peers = report["node"]["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        peers
+            .iter()
+            .any(|p| p["behind"] == 0 && p["state"] == "connected")
+    });
+    assert_eq!(report["ready"], true, "{report}");
+    assert_eq!(report["node"]["node_id"], a.node_id().as_str(), "{report}");
+    assert_eq!(report["node"]["quarantined"], 0, "{report}");
+    let peer = &report["node"]["peers"][0];
+    assert_eq!(peer["node_id"], b_id.as_str(), "{report}");
+    assert_eq!(peer["behind_seconds"], 0.0, "{report}");
+    assert!(report["node"]["backup"]["url"].is_string(), "{report}");
+    assert!(
+        report["metrics"]["rss_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["metrics"]["data_dir_free_bytes"].as_u64().is_some(),
+        "{report}"
+    );
+
+    let (status, out, err) = run(&["status", "--admin", &a.admin]);
+    assert!(status.success(), "{err}");
+    for label in [
+        "node id",
+        "schema version",
+        "quarantined",
+        "backup",
+        "disk free",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(label)), "{label}:\n{out}");
+    }
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&b_id))
+        .unwrap_or_else(|| panic!("no row for peer {b_id}:\n{out}"));
+    assert!(row.contains("connected"), "{row}");
+}
+
+#[test]
+fn status_of_an_unreachable_node_fails_and_says_where_it_looked() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let admin = format!("http://{addr}");
+    let (status, _, err) = run(&["status", "--admin", &admin]);
+    assert!(!status.success());
+    assert!(err.contains(&admin), "{err}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut node = Server::start_with(Options {
+        args: vec!["--log-format", "json"],
+        env: vec![("OUTPOST_LOG", "info".into())],
+        ..Default::default()
+    });
+    node.sql("CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    node.terminate();
+    // The process has exited; give the reader thread a moment to drain.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = node.stderr_lines();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in &lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(event["level"].is_string(), "{line}");
+        assert!(event["timestamp"].is_string(), "{line}");
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
+}
