@@ -40,7 +40,7 @@ pub enum ServeError {
     Db(#[from] crate::db::DbError),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source} (another process may hold the port: stop it, or pick another address with --listen / --admin-listen or api.listen / admin.listen)")]
     Bind {
         addr: String,
         source: std::io::Error,

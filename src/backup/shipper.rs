@@ -196,7 +196,7 @@ impl Backup {
                         (interval * 2u32.saturating_pow(failures.min(16))).min(MAX_BACKOFF);
                     retry_at = Instant::now() + backoff;
                     if failures == 1 || failures.is_multiple_of(10) {
-                        tracing::warn!(error = %e, failures, retry_in = ?backoff, "backup upload failed; writes go on, the backlog stays in the log");
+                        tracing::warn!(error = %e, failures, retry_in = ?backoff, "backup upload failed; writes go on, the backlog stays in the log: check backup.url, the storage credentials and that the storage is reachable (`outpost status` shows the last error)");
                     }
                 }
             }
@@ -405,7 +405,7 @@ impl Backup {
                     }
                     Err(e) => {
                         self.fail("snapshot", &e);
-                        tracing::warn!(error = %e, retry_in = ?retry, "backup snapshot failed");
+                        tracing::warn!(error = %e, retry_in = ?retry, "backup snapshot failed: check backup.url, the storage credentials and free space on the storage (`outpost status` shows the last error)");
                         due = true;
                         tokio::select! {
                             _ = tokio::time::sleep(retry) => {}

@@ -346,7 +346,7 @@ impl Writer {
                     run.applied.push(recorded);
                 }
                 Err(e) => {
-                    tracing::error!(name = %migration.name, "migration failed: {e}");
+                    tracing::error!(name = %migration.name, "migration failed: {e}; nothing of it was applied: fix the migration (or the data it trips on) and run `outpost migrate`");
                     run.error = Some(e);
                     break;
                 }

@@ -55,7 +55,7 @@ pub enum SyncError {
     Tls(#[from] tls::TlsError),
     #[error("cannot open the change log for reading: {0}")]
     Log(#[from] libsql_sys::rusqlite::Error),
-    #[error("cannot listen on {addr} (sync.listen): {source}")]
+    #[error("cannot listen on {addr} (sync.listen): {source} (another process may hold the port: stop it, or pick another address with --sync-listen or sync.listen)")]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -581,7 +581,10 @@ fn migrate_for_peer(shared: &Arc<Shared>, version: i64) {
     }
     state.next_attempt = Some(now + schema.recheck_interval);
     let why_not = match schema.dir() {
-        None => Some("no migrations directory is configured (schema.migrations)".to_string()),
+        None => Some(
+            "no migrations directory is configured: set schema.migrations to a directory holding the newer migrations and restart (the node then migrates by itself)"
+                .to_string(),
+        ),
         Some(_) if !schema.auto_migrate => Some(
             "schema.auto_migrate is off: run `outpost migrate --admin <this node's admin URL>`"
                 .to_string(),
@@ -988,7 +991,7 @@ impl Driver {
         let peer = self.label(link);
         for cert in certs {
             if let Err(e) = keys.learn(cert) {
-                tracing::warn!(%peer, "refused a certificate from a peer: {e}");
+                tracing::warn!(%peer, "refused a certificate from a peer: {e}; re-issue the signing node's certificate from this cluster's CA (`outpost init --ca-dir CA --force-cert`)");
                 self.shared
                     .metrics
                     .sync_rejected_total
@@ -1056,7 +1059,9 @@ impl Driver {
                         .send(Event::Compacted(outcome.compacted))
                         .await;
                 }
-                Err(e) => tracing::warn!(error = %e.message, "log compaction failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "log compaction failed; the change log grows until it succeeds: check free disk space and run `outpost check`")
+                }
             }
         });
     }
