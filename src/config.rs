@@ -66,6 +66,10 @@ pub struct ApiConfig {
 pub struct AdminConfig {
     /// Address of the admin listener (/health, /ready, /version, /metrics).
     pub listen: String,
+    /// Let clients other than loopback call the endpoints that change the
+    /// node or show row data (`POST /migrate`, `/quarantine`,
+    /// `POST /quarantine/replay`). Off: only the node's own host may.
+    pub remote_operations: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -501,6 +505,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            remote_operations: false,
         }
     }
 }

@@ -6,9 +6,11 @@
 //! again once the cause is fixed).
 //!
 //! The admin listener has no authentication: bind it to loopback or a
-//! private network (`admin.listen`).
+//! private network (`admin.listen`). Monitoring may reach it from anywhere
+//! on that network, but the endpoints that change the node or show row
+//! data answer loopback clients only, unless `admin.remote_operations`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
 use crate::auth::Access;
@@ -23,6 +25,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/migrate", web::post().to(migrate))
         .route("/quarantine", web::get().to(quarantine_list))
         .route("/quarantine/replay", web::post().to(quarantine_replay));
+}
+
+/// A 403 for a client off this host, unless `admin.remote_operations`:
+/// the admin listener has no authentication, and whoever can scrape
+/// metrics must not also be able to migrate the node or read quarantined
+/// rows.
+fn local_only(req: &HttpRequest, remote_operations: bool) -> Option<HttpResponse> {
+    let local = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    if local || remote_operations {
+        return None;
+    }
+    Some(HttpResponse::Forbidden().json(serde_json::json!({
+        "code": "ADMIN_LOCAL_ONLY",
+        "error": format!(
+            "{} answers clients on this node's host only: run the outpost command there \
+             (e.g. `outpost migrate --admin http://127.0.0.1:PORT`), or set \
+             admin.remote_operations = true if the admin network is trusted",
+            req.path()
+        ),
+    })))
 }
 
 pub async fn health() -> HttpResponse {
@@ -115,7 +137,10 @@ fn schema_status(app: &AppState, sync: Option<&serde_json::Value>) -> serde_json
 }
 
 /// Applies the pending migrations of the node's migrations directory.
-async fn migrate(app: web::Data<AppState>) -> HttpResponse {
+async fn migrate(req: HttpRequest, app: web::Data<AppState>) -> HttpResponse {
+    if let Some(refused) = local_only(&req, app.config.admin.remote_operations) {
+        return refused;
+    }
     let Some(dir) = app.config.schema.dir() else {
         return HttpResponse::Conflict().json(serde_json::json!({
             "error": "this node has no migrations directory (schema.migrations or --migrations)",
@@ -207,9 +232,13 @@ impl QuarantineQuery {
 /// (origin, seq) order (limit default 100, at most 10,000), without their
 /// update bytes.
 async fn quarantine_list(
+    req: HttpRequest,
     app: web::Data<AppState>,
     query: web::Query<QuarantineQuery>,
 ) -> HttpResponse {
+    if let Some(refused) = local_only(&req, app.config.admin.remote_operations) {
+        return refused;
+    }
     let filter = match query.filter() {
         Ok(filter) => filter,
         Err(e) => return bad_request(e),
@@ -233,7 +262,14 @@ async fn quarantine_list(
 /// order, at most `limit` (default 100, at most 10,000) in one writer
 /// transaction. Replies `{"replayed", "still_refused", "remaining",
 /// "reasons", "last", "processed"}`; `last` is the cursor for the next call.
-async fn quarantine_replay(app: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+async fn quarantine_replay(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Some(refused) = local_only(&req, app.config.admin.remote_operations) {
+        return refused;
+    }
     let query: QuarantineQuery = if body.iter().all(u8::is_ascii_whitespace) {
         QuarantineQuery::default()
     } else {
@@ -251,5 +287,30 @@ async fn quarantine_replay(app: web::Data<AppState>, body: web::Bytes) -> HttpRe
         Ok(report) => HttpResponse::Ok().json(report),
         Err(e) => HttpResponse::InternalServerError()
             .json(serde_json::json!({ "error": e.message, "code": e.code })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_only;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn operations_answer_loopback_clients_only_unless_allowed() {
+        let from = |addr: &str| {
+            TestRequest::post()
+                .uri("/migrate")
+                .peer_addr(addr.parse().unwrap())
+                .to_http_request()
+        };
+        for local in ["127.0.0.1:4000", "[::1]:4000"] {
+            assert!(local_only(&from(local), false).is_none(), "{local}");
+        }
+        let refused = local_only(&from("10.1.2.3:4000"), false).expect("refused");
+        assert_eq!(refused.status(), 403);
+        assert!(local_only(&from("10.1.2.3:4000"), true).is_none());
+        // No peer address (not a TCP client): refused too.
+        let unknown = TestRequest::post().uri("/migrate").to_http_request();
+        assert!(local_only(&unknown, false).is_some());
     }
 }
