@@ -26,8 +26,9 @@
 # healthcheck to pass, mints a token on edge1 the way deploy/README.md says,
 # writes on edge1 with it and reads the row on edge3 with the same token, waits
 # until every peer link is connected and every node's backup has caught up,
-# restores edge1 from the bucket and finds the row, and stops the edges with
-# SIGTERM within compose's stop_grace_period.
+# restores edge1 from the bucket and finds the row, runs init on the restored
+# node (deploy/README.md's rebuild), and stops the edges with SIGTERM within
+# compose's stop_grace_period.
 #
 # Tools come from OUTPOST_SHELLCHECK, OUTPOST_HADOLINT, OUTPOST_COMPOSE,
 # OUTPOST_SYSTEMD_ANALYZE (as printed by scripts/deploy-tools.sh, which

@@ -31,7 +31,8 @@ Then: init twice (idempotent: the second run changes no key or certificate),
 each compose healthcheck must pass, a token minted on edge1 as deploy/README.md
 says, a write on edge1 and the read of it on edge3 with that token (one JWT key
 pair for the fleet), every peer link connected, every node's backup caught up,
-`outpost restore` of edge1 from the bucket holding the row, and SIGTERM
+`outpost restore` of edge1 from the bucket holding the row, the init service
+giving the restored node the fleet's keys and a certificate, and SIGTERM
 stopping each edge with exit 0 within the service's stop_grace_period.
 Exits 1 on the first failure with the logs' tails.
 """
@@ -217,10 +218,6 @@ class Fleet:
             command = shlex.split(command)
         return [self.translate(name, a) for a in list(entrypoint) + list(command)]
 
-    def host_port(self, name, container_port):
-        """The loopback port standing for the service's published container port."""
-        return self.ports.get(name, container_port)
-
     # -- processes ---------------------------------------------------------
 
     def run(self, name, argv, env, timeout=60):
@@ -300,10 +297,10 @@ class Fleet:
         if not published:
             raise Failure(f"{name} publishes no API port")
         target = published[0]["target"] if isinstance(published[0], dict) else str(published[0]).split(":")[-1].split("/")[0]
-        return f"http://127.0.0.1:{self.host_port(name, target)}"
+        return f"http://127.0.0.1:{self.ports.get(name, target)}"
 
     def admin(self, name):
-        return f"http://127.0.0.1:{self.host_port(name, 9090)}"
+        return f"http://127.0.0.1:{self.ports.get(name, 9090)}"
 
     def status(self, name):
         code, body = self.http("GET", self.admin(name) + "/status")
@@ -380,7 +377,7 @@ def scenario(fleet):
         command = shlex.split(command)
     weed_argv = [fleet.translate("seaweedfs", a) for a in command]
     p = lambda port: fleet.ports.get("seaweedfs", port)  # noqa: E731
-    sock = os.path.join(work_dir(fleet), "weed")
+    sock = os.path.join(fleet.work, "weed")
     os.makedirs(sock, exist_ok=True)
     weed_argv = (
         [os.environ["OUTPOST_WEED"]]
@@ -471,7 +468,7 @@ def scenario(fleet):
     # 7. The backup restores: edge1 from the bucket, with edge1's S3 settings.
     node_id = fleet.status("edge1")["node_id"]
     env = fleet.env("edge1")
-    restored = os.path.join(work_dir(fleet), "restored")
+    restored = os.path.join(fleet.work, "restored")
     done = fleet.run(
         "edge1",
         ["outpost", "restore", "--from", env["OUTPOST_BACKUP_URL"], "--node", node_id, "--data-dir", restored],
@@ -487,6 +484,18 @@ def scenario(fleet):
         raise Failure(f"the restored edge1 lacks the row (got {row})")
     log(f"restore: edge1 ({node_id}) rebuilt from {env['OUTPOST_BACKUP_URL']} holds the row")
 
+    # 7b. deploy/README.md's rebuild: the init service, given the restored
+    # data dir as a node, gives it the fleet's keys and a certificate.
+    init_argv = fleet.argv("init") + [f"edge4={restored}"]
+    done = fleet.run("init", init_argv, fleet.env("init"))
+    if done.returncode != 0:
+        raise Failure(f"init on the restored node exited {done.returncode}: {done.stdout}\n{done.stderr}")
+    if not os.path.exists(os.path.join(restored, "tls", "node.pem")):
+        raise Failure("init gave the restored node no certificate")
+    if open(os.path.join(restored, "keys", "jwt.pub.pem")).read() not in pubs:
+        raise Failure("the restored node did not get the fleet's JWT key")
+    log("init: the restored node got the fleet's JWT key pair and a certificate")
+
     # 8. SIGTERM: each edge exits 0 within its stop_grace_period.
     for e in EDGES:
         grace = parse_duration(fleet.services[e].get("stop_grace_period", "10s"))
@@ -500,10 +509,6 @@ def scenario(fleet):
         if code != 0:
             raise Failure(f"{e} exited {code} at SIGTERM:\n{fleet.tail(e)}")
         log(f"{e}: SIGTERM -> exit 0 in {time.time() - began:.1f}s (grace {grace:.0f}s)")
-
-
-def work_dir(fleet):
-    return fleet.work
 
 
 def parse_duration(value):
