@@ -399,7 +399,7 @@ impl Metrics {
             sync_peer_behind_seconds: GaugeVec::new(
                 Opts::new(
                     "outpost_sync_peer_behind_seconds",
-                    "Seconds since a connected peer last held every entry this node holds (0 while it does).",
+                    "How long the oldest change this node holds that a connected peer may lack has waited, in seconds (0: the peer holds everything).",
                 ),
                 &["peer"],
             )

@@ -225,3 +225,60 @@ fn json_logs_are_one_object_per_line() {
         assert!(event["fields"]["message"].is_string(), "{line}");
     }
 }
+
+/// A peer that falls behind shows it in `/status` and the gauges: the
+/// entries it lacks and how long the oldest of them has waited; both go
+/// back to 0 once it has caught up.
+#[test]
+fn a_slow_peer_shows_entries_and_seconds_behind_until_it_catches_up() {
+    let ca = tempfile::tempdir().unwrap();
+    let (a, b) = pair(ca.path());
+    let mut slow = sync_env();
+    // b applies at most 200 entries a second from any peer, with a burst
+    // of one window of batches: 1 × 500 entries.
+    slow.push(("OUTPOST_SYNC_PEER_ENTRIES_PER_SECOND", "200".into()));
+    slow.push(("OUTPOST_SYNC_WINDOW_BATCHES", "1".into()));
+    let b = b.restart(Options {
+        ca_dir: Some(ca.path()),
+        env: slow,
+        peers: vec![a.sync.clone().unwrap()],
+        ..Default::default()
+    });
+    let b_id = b.node_id();
+    let peer_of_a = |a: &Server| -> serde_json::Value {
+        let status = a.status();
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node_id"] == b_id.as_str())
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(10), || peer_of_a(&a)["behind"] == 0);
+    a.write(
+        "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < 1501) \
+         INSERT INTO notes SELECT i, 'bulk' FROM n",
+        vec![],
+    );
+    eventually(Duration::from_secs(10), || {
+        let peer = peer_of_a(&a);
+        peer["behind"].as_u64().unwrap_or(0) > 0
+            && peer["behind_seconds"].as_f64().unwrap_or(0.0) >= 1.0
+    });
+    let (_, text) = get(&format!("{}/metrics", a.admin));
+    let series = format!("outpost_sync_peer_behind_seconds{{peer=\"{b_id}\"}} ");
+    let seconds: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .unwrap_or_else(|| panic!("no {series}:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(seconds > 0.5, "{seconds}");
+    eventually(Duration::from_secs(30), || {
+        let peer = peer_of_a(&a);
+        peer["behind"] == 0 && peer["behind_seconds"] == 0.0
+    });
+    let count = b.rows("SELECT count(*) FROM notes", vec![]);
+    assert_eq!(common::plain(&count[0][0]), 1501);
+}

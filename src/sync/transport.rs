@@ -34,6 +34,7 @@ use super::core::{
 };
 use super::proto::Msg;
 use super::tls;
+use super::vv::VersionVector;
 use crate::config::Config;
 use crate::db::capture::{Applied, LogEntry};
 use crate::db::compact::{CompactPlan, PeerAck};
@@ -77,7 +78,7 @@ enum Event {
     /// the connected peers acknowledged.
     Compact,
     /// A compaction finished; the log may now lack entries below this.
-    Compacted(crate::sync::vv::VersionVector),
+    Compacted(VersionVector),
     /// Reading the log for this link failed: close it.
     ReadFailed(LinkId),
 }
@@ -681,8 +682,11 @@ struct Driver {
     started: Instant,
     /// Peers paused at the last publish (to log changes).
     paused: HashMap<String, PauseKind>,
-    /// Since when each connected peer has lacked some entry of ours.
-    behind_since: HashMap<String, Instant>,
+    /// Per connected peer that lacks something: what this node held at a
+    /// moment, and when. Replaced once the peer holds all of it, so the
+    /// gauge measures the wait of the oldest change the peer may lack,
+    /// even while new writes keep it from ever being fully caught up.
+    behind_since: HashMap<String, (VersionVector, Instant)>,
 }
 
 impl Driver {
@@ -1092,11 +1096,13 @@ impl Driver {
                 .sync_peer_state
                 .with_label_values(&[&label, status.state.as_str()])
                 .inc();
-            if let Some(has) = &status.peer_has {
-                let entries = behind(self.core.local(), has);
-                let since = self.publish_behind(&label, entries);
-                behind_since.extend(since.map(|at| (label.clone(), at)));
-            }
+            let mark = match &status.peer_has {
+                Some(has) => self.publish_behind(&label, has),
+                // Between links: keep the mark, so a flapping link does
+                // not reset how long the peer has waited.
+                None => self.behind_since.get(&label).cloned(),
+            };
+            behind_since.extend(mark.map(|mark| (label.clone(), mark)));
             if let Some((kind, reason)) = &status.paused {
                 metrics
                     .sync_paused
@@ -1117,26 +1123,25 @@ impl Driver {
         self.behind_since = behind_since;
     }
 
-    /// Sets a connected peer's behind gauges; returns since when it has
-    /// lacked something (None: it holds everything this node holds).
-    fn publish_behind(&self, label: &str, entries: u64) -> Option<Instant> {
+    /// Sets a connected peer's behind gauges; returns the mark it is
+    /// measured against (None: it holds everything this node holds).
+    fn publish_behind(&self, label: &str, has: &VersionVector) -> Option<(VersionVector, Instant)> {
         let metrics = &self.shared.metrics;
+        let local = self.core.local();
+        let entries = behind(local, has);
         metrics
             .sync_peer_behind_entries
             .with_label_values(&[label])
             .set(entries as i64);
-        let since = (entries > 0).then(|| {
-            self.behind_since
-                .get(label)
-                .copied()
-                .unwrap_or_else(Instant::now)
+        let mark = (entries > 0).then(|| match self.behind_since.get(label) {
+            Some((held, at)) if !has.covers(held) => (held.clone(), *at),
+            _ => (local.clone(), Instant::now()),
         });
-        let seconds = since.map_or(0.0, |at| at.elapsed().as_secs_f64());
         metrics
             .sync_peer_behind_seconds
             .with_label_values(&[label])
-            .set(seconds);
-        since
+            .set(behind_seconds(mark.as_ref()));
+        mark
     }
 
     /// A peer's metric label: its node id once known, else its URL.
@@ -1177,10 +1182,7 @@ impl Driver {
                     "entries_rejected": stats.rejected,
                     "behind": s.peer_has.as_ref().map(|has| behind(self.core.local(), has)),
                     "behind_seconds": s.peer_has.as_ref().map(|_| {
-                        let label = self.status_label(s);
-                        self.behind_since
-                            .get(&label)
-                            .map_or(0.0, |at| at.elapsed().as_secs_f64())
+                        behind_seconds(self.behind_since.get(&self.status_label(s)))
                     }),
                     "entries_sent": s.stats.entries_sent,
                     "entries_received": s.stats.entries_received,
@@ -1220,8 +1222,13 @@ async fn report_applied(shared: &Shared, link: LinkId, outcome: ApplyOutcome) {
         .await;
 }
 
+/// How long the oldest change a peer may lack has waited (0: none).
+fn behind_seconds(mark: Option<&(VersionVector, Instant)>) -> f64 {
+    mark.map_or(0.0, |(_, at)| at.elapsed().as_secs_f64())
+}
+
 /// Entries the local log holds that a peer lacks.
-fn behind(local: &crate::sync::vv::VersionVector, peer: &crate::sync::vv::VersionVector) -> u64 {
+fn behind(local: &VersionVector, peer: &VersionVector) -> u64 {
     local.ahead_of(peer).map(|(_, from, to)| to - from).sum()
 }
 
