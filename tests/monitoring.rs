@@ -560,6 +560,31 @@ fn dashboard_is_well_formed() {
     assert_eq!(instance["multi"], true, "$instance is multi-select");
     assert_eq!(instance["includeAll"], true);
 
+    // The provisioning gives Grafana that data source and this file.
+    let grafana = deploy().join("grafana/provisioning");
+    let datasource = read(&grafana.join("datasources/prometheus.yaml"));
+    for line in [
+        "uid: prometheus",
+        "type: prometheus",
+        "url: http://prometheus:9090",
+        "isDefault: true",
+    ] {
+        assert!(
+            datasource.contains(line),
+            "datasources/prometheus.yaml: no {line:?}"
+        );
+    }
+    assert_eq!(
+        var("datasource")["current"]["value"],
+        "prometheus",
+        "the dashboard's default data source is the provisioned one"
+    );
+    let provider = read(&grafana.join("dashboards/outpost.yaml"));
+    assert!(
+        provider.contains("path: /var/lib/grafana/dashboards"),
+        "dashboards/outpost.yaml: {provider}"
+    );
+
     let panels = panels(&dash);
     assert!(panels.len() >= 20, "{} panels", panels.len());
     let mut ids = BTreeSet::new();
