@@ -13,7 +13,21 @@ s3_tools="$(bash scripts/s3-tools.sh)"
 eval "$s3_tools"
 export OUTPOST_WEED OUTPOST_LITESTREAM
 
+# promtool, prometheus, hadolint, docker-compose, shellcheck, systemd-analyze
+# for the deploy kit's checks (Debian packages need root to install). Without
+# them those checks print SKIPPED, unless OUTPOST_REQUIRE_TOOLS=1 (CI).
+if deploy_tools="$(bash scripts/deploy-tools.sh)"; then
+  eval "$deploy_tools"
+  export OUTPOST_PROMTOOL OUTPOST_PROMETHEUS OUTPOST_HADOLINT OUTPOST_COMPOSE \
+    OUTPOST_SHELLCHECK OUTPOST_SYSTEMD_ANALYZE
+elif [ "${OUTPOST_REQUIRE_TOOLS:-0}" = 1 ]; then
+  exit 1
+fi
+
 cargo build --locked --bins
+# The deploy kit: static checks, then the compose fleet's own commands run as
+# local processes (3 edges over mutual TLS, SeaweedFS, restore).
+OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" bash scripts/check-deploy.sh --fleet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
 else
