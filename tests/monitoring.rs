@@ -13,6 +13,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,7 +51,10 @@ fn tool(test: &str, var: &str, name: &str) -> Option<PathBuf> {
             std::env::var("OUTPOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
             "{name} is required (OUTPOST_REQUIRE_TOOLS=1): install it (Debian: apt-get install prometheus) or set {var}"
         );
-        eprintln!(
+        // Straight to stderr: the test harness captures eprintln! of
+        // passing tests, and a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n*** SKIPPED {test}: {name} not found (set {var} or install it; Debian: apt-get install prometheus) ***\n"
         );
     }
@@ -389,6 +393,28 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
+    /// Waits up to 15 s for an alert `matches` to be pending or firing;
+    /// returns how long it took.
+    fn wait_for_alert(&self, matches: impl Fn(&Value) -> bool, what: &str) -> Duration {
+        let since = Instant::now();
+        loop {
+            let alerts = self.api("alerts", &[]);
+            let found = alerts["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| matches(a) && (a["state"] == "pending" || a["state"] == "firing"));
+            if found {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "{what}: not pending within 15 s; active alerts: {alerts}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
@@ -783,7 +809,7 @@ fn prometheus_scrapes_a_live_cluster() {
             ..Options::default()
         })
     };
-    let n1 = node(vec![]);
+    let mut n1 = node(vec![]);
     let hub = n1.sync.clone().expect("node 1 has a sync listener");
     let n2 = node(vec![hub.clone()]);
     let mut n3 = node(vec![hub]);
@@ -1014,31 +1040,35 @@ fn prometheus_scrapes_a_live_cluster() {
     let dead = admin(&n3);
     n3.kill();
     let killed = Instant::now();
-    let mut last = Value::Null;
-    let down = loop {
-        let alerts = prom.api("alerts", &[]);
-        let found = alerts["alerts"].as_array().unwrap().iter().any(|a| {
-            a["labels"]["alertname"] == "OutpostDown"
-                && a["labels"]["instance"] == dead.as_str()
-                && (a["state"] == "pending" || a["state"] == "firing")
-        });
-        if found {
-            break true;
-        }
-        last = alerts;
-        if killed.elapsed() > Duration::from_secs(15) {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    assert!(
-        down,
-        "OutpostDown did not go pending for {dead} within 15 s: {last}"
+    let after = prom.wait_for_alert(
+        |a| a["labels"]["alertname"] == "OutpostDown" && a["labels"]["instance"] == dead.as_str(),
+        &format!("OutpostDown for {dead}"),
     );
     eprintln!(
-        "OutpostDown pending {:.1} s after the kill; the whole test took {:.1} s",
-        killed.elapsed().as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        "OutpostDown pending {:.1} s after the kill",
+        after.as_secs_f64()
+    );
+    // The hub dies: node 2 loses its configured peer, and
+    // OutpostPeerDisconnected goes pending on node 2 for it (named by its
+    // node id, or its URL).
+    let hub_id = n1.node_id();
+    let hub_url = n1.sync.clone().unwrap();
+    let n2_instance = admin(&n2);
+    n1.kill();
+    let after = prom.wait_for_alert(
+        |a| {
+            a["labels"]["alertname"] == "OutpostPeerDisconnected"
+                && a["labels"]["instance"] == n2_instance.as_str()
+                && (a["labels"]["peer"] == hub_id.as_str()
+                    || a["labels"]["peer"] == hub_url.as_str())
+        },
+        &format!("OutpostPeerDisconnected on {n2_instance} for the hub"),
+    );
+    eprintln!(
+        "OutpostPeerDisconnected pending {:.1} s after the hub's kill; the whole test took {:.1} s (OutpostDown {:.1} s ago)",
+        after.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        killed.elapsed().as_secs_f64()
     );
     drop(prom);
 }
