@@ -165,8 +165,11 @@ async fn migrate(req: HttpRequest, app: web::Data<AppState>) -> HttpResponse {
 async fn metrics(app: web::Data<AppState>) -> HttpResponse {
     app.metrics.db_size_bytes.set(app.db.size_bytes() as i64);
     app.metrics.observe_data_dir(&app.config.node.data_dir);
-    match app.db.log().quarantine_count() {
-        Ok(n) => app.metrics.quarantined_entries.set(n as i64),
+    // A count over the quarantine table: off the async worker.
+    let db = app.db.clone();
+    match web::block(move || db.log().quarantine_count()).await {
+        Ok(Ok(n)) => app.metrics.quarantined_entries.set(n as i64),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot count quarantined entries"),
         Err(e) => tracing::warn!(error = %e, "cannot count quarantined entries"),
     }
     HttpResponse::Ok()
