@@ -403,8 +403,18 @@ impl Prometheus {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|a| matches(a) && (a["state"] == "pending" || a["state"] == "firing"));
-            if found {
+                .find(|a| matches(a) && (a["state"] == "pending" || a["state"] == "firing"));
+            if let Some(alert) = found {
+                // Its runbook rendered from live labels and values.
+                for key in ["summary", "description"] {
+                    let text = alert["annotations"][key].as_str().unwrap_or("");
+                    assert!(
+                        !text.is_empty()
+                            && !text.contains("error expanding")
+                            && !text.contains("<no value>"),
+                        "{what}: annotation {key} did not render: {alert}"
+                    );
+                }
                 return since.elapsed();
             }
             assert!(
