@@ -61,6 +61,9 @@ pub struct Metrics {
     pub quarantined_entries: IntGauge,
     pub data_dir_free_bytes: IntGauge,
     pub data_dir_capacity_bytes: IntGauge,
+    pub backup_last_snapshot_timestamp_seconds: IntGauge,
+    pub sync_peer_last_seen_timestamp_seconds: IntGaugeVec,
+    pub tls_cert_not_after_timestamp_seconds: IntGaugeVec,
 }
 
 /// A metric's Prometheus type, for the reference table.
@@ -419,6 +422,27 @@ impl Metrics {
                 "Size of the filesystem that holds the data directory.",
             )
             .expect("valid metric"),
+            backup_last_snapshot_timestamp_seconds: IntGauge::new(
+                "outpost_backup_last_snapshot_timestamp_seconds",
+                "When the newest snapshot in the backup was taken (Unix seconds; 0: none yet). Point-in-time restore reaches back to the oldest one kept.",
+            )
+            .expect("valid metric"),
+            sync_peer_last_seen_timestamp_seconds: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_sync_peer_last_seen_timestamp_seconds",
+                    "When each peer last acknowledged entries, by node id (Unix seconds; recorded every sync.compact_interval, kept for sync.peer_retention), on both the dialing and the accepting side.",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            tls_cert_not_after_timestamp_seconds: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_tls_cert_not_after_timestamp_seconds",
+                    "When a certificate this node presents expires (Unix seconds), by use (api, sync).",
+                ),
+                &["cert"],
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -519,6 +543,18 @@ impl Metrics {
             (Box::new(self.quarantined_entries.clone()), Kind::Gauge),
             (Box::new(self.data_dir_free_bytes.clone()), Kind::Gauge),
             (Box::new(self.data_dir_capacity_bytes.clone()), Kind::Gauge),
+            (
+                Box::new(self.backup_last_snapshot_timestamp_seconds.clone()),
+                Kind::Gauge,
+            ),
+            (
+                Box::new(self.sync_peer_last_seen_timestamp_seconds.clone()),
+                Kind::Gauge,
+            ),
+            (
+                Box::new(self.tls_cert_not_after_timestamp_seconds.clone()),
+                Kind::Gauge,
+            ),
         ]
     }
 
@@ -575,6 +611,18 @@ impl Metrics {
         self.node_info
             .with_label_values(&[node_id, env!("CARGO_PKG_VERSION")])
             .set(1);
+    }
+
+    /// Records when the certificate in `path` (the first of the chain)
+    /// expires, under `cert` (api, sync).
+    pub fn observe_certificate(&self, cert: &str, path: &std::path::Path) {
+        match crate::sync::tls::not_after(path) {
+            Ok(secs) => self
+                .tls_cert_not_after_timestamp_seconds
+                .with_label_values(&[cert])
+                .set(secs),
+            Err(e) => tracing::warn!(cert, error = %e, "cannot read the certificate's expiry"),
+        }
     }
 
     /// Reads the data directory's filesystem (free and total bytes); on

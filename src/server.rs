@@ -174,7 +174,10 @@ pub async fn serve(config: Config, on_ready: impl FnOnce(&Bound)) -> Result<(), 
     }
     migrate_on_start(&config, &db).await?;
     let tls = tls_files(&config)
-        .map(|(c, k)| load_tls(&c, &k))
+        .map(|(c, k)| {
+            metrics.observe_certificate("api", &c);
+            load_tls(&c, &k)
+        })
         .transpose()?;
     // Before sync: log compaction must know what the backup holds.
     let backup = start_backup(&config, &db, &metrics)?;

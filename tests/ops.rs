@@ -37,6 +37,13 @@ fn pair(ca: &std::path::Path) -> (Server, Server) {
     (a, b)
 }
 
+/// The value of one series (`name{labels}` exactly as served).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
 /// `# TYPE name kind` lines of a Prometheus text exposition.
 fn families(text: &str) -> HashMap<String, String> {
     text.lines()
@@ -108,6 +115,28 @@ fn live_metrics_match_the_reference_and_pass_promtool() {
         ] {
             assert!(live.contains_key(name), "{name} missing:\n{text}");
         }
+        // Timestamps operators alert on: a certificate's expiry ahead, the
+        // peer's last acknowledgment and the newest snapshot (both recorded
+        // a moment after start).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as f64;
+        let expiry = sample(
+            &text,
+            "outpost_tls_cert_not_after_timestamp_seconds{cert=\"sync\"}",
+        );
+        assert!(expiry.is_some_and(|t| t > now + 86_400.0), "{expiry:?}");
+        eventually(Duration::from_secs(10), || {
+            let (_, text) = get(&format!("{}/metrics", node.admin));
+            let seen = text
+                .lines()
+                .find(|l| l.starts_with("outpost_sync_peer_last_seen_timestamp_seconds{"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+            let snapshot = sample(&text, "outpost_backup_last_snapshot_timestamp_seconds");
+            seen.is_some_and(|t| (t - now).abs() < 60.0)
+                && snapshot.is_some_and(|t| (t - now).abs() < 60.0)
+        });
         let node_id = node.node_id();
         assert!(
             text.contains(&format!("outpost_node_info{{node_id=\"{node_id}\"")),
@@ -267,13 +296,8 @@ fn a_slow_peer_shows_entries_and_seconds_behind_until_it_catches_up() {
             && peer["behind_seconds"].as_f64().unwrap_or(0.0) >= 1.0
     });
     let (_, text) = get(&format!("{}/metrics", a.admin));
-    let series = format!("outpost_sync_peer_behind_seconds{{peer=\"{b_id}\"}} ");
-    let seconds: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .unwrap_or_else(|| panic!("no {series}:\n{text}"))
-        .parse()
-        .unwrap();
+    let series = format!("outpost_sync_peer_behind_seconds{{peer=\"{b_id}\"}}");
+    let seconds = sample(&text, &series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
     assert!(seconds > 0.5, "{seconds}");
     eventually(Duration::from_secs(30), || {
         let peer = peer_of_a(&a);

@@ -165,12 +165,27 @@ async fn migrate(req: HttpRequest, app: web::Data<AppState>) -> HttpResponse {
 async fn metrics(app: web::Data<AppState>) -> HttpResponse {
     app.metrics.db_size_bytes.set(app.db.size_bytes() as i64);
     app.metrics.observe_data_dir(&app.config.node.data_dir);
-    // A count over the quarantine table: off the async worker.
+    // Queries of the node's tables: off the async worker.
     let db = app.db.clone();
-    match web::block(move || db.log().quarantine_count()).await {
-        Ok(Ok(n)) => app.metrics.quarantined_entries.set(n as i64),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot count quarantined entries"),
-        Err(e) => tracing::warn!(error = %e, "cannot count quarantined entries"),
+    let read = web::block(move || {
+        let log = db.log();
+        Ok::<_, libsql_sys::rusqlite::Error>((log.quarantine_count()?, log.peers_seen()?))
+    });
+    match read
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok((quarantined, peers)) => {
+            app.metrics.quarantined_entries.set(quarantined as i64);
+            let seen = &app.metrics.sync_peer_last_seen_timestamp_seconds;
+            seen.reset();
+            for (node_id, seen_ms) in peers {
+                seen.with_label_values(&[&node_id])
+                    .set((seen_ms / 1000) as i64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the quarantine and peers for metrics"),
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -87,6 +87,9 @@ impl Backup {
             .node_id;
         let state = state::load(&config.node.data_dir, &url, &node_id);
         db.set_backup_hold(Some(state.shipped.clone()));
+        metrics
+            .backup_last_snapshot_timestamp_seconds
+            .set((state.last_snapshot_ms / 1000) as i64);
         let backup = Arc::new(Backup {
             reader: Arc::new(LogReader::open(db.path())?),
             status: Mutex::new(Status {
@@ -462,6 +465,9 @@ impl Backup {
             state::save(&self.data_dir, &state)?;
         }
         self.status.lock().last_snapshot_ms = manifest.created_ms;
+        self.metrics
+            .backup_last_snapshot_timestamp_seconds
+            .set((manifest.created_ms / 1000) as i64);
         tracing::info!(
             bytes = manifest.object_bytes,
             db_bytes = manifest.db_bytes,

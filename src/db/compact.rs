@@ -115,6 +115,13 @@ fn record_acks(conn: &Connection, plan: &CompactPlan) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Each recorded peer's node id and when it last acknowledged (Unix ms).
+pub fn peers_seen(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT node_id, seen_ms FROM _outpost_peers")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect()
+}
+
 fn recorded_peers(conn: &Connection) -> rusqlite::Result<Vec<(Option<String>, VersionVector)>> {
     let mut stmt = conn.prepare_cached("SELECT url, have FROM _outpost_peers")?;
     let rows = stmt.query_map([], |r| {

@@ -151,6 +151,11 @@ impl LogReader {
     }
 
     /// How many entries the quarantine holds.
+    /// Peers recorded for log compaction: node id, last acknowledgment (ms).
+    pub fn peers_seen(&self) -> rusqlite::Result<Vec<(String, u64)>> {
+        super::compact::peers_seen(&self.conn.lock())
+    }
+
     pub fn quarantine_count(&self) -> rusqlite::Result<u64> {
         super::quarantine::count(&self.conn.lock(), &super::quarantine::Filter::default())
     }

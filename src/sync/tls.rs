@@ -420,6 +420,17 @@ fn root_store(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// When the first certificate in `path` expires (Unix seconds).
+pub(crate) fn not_after(path: &Path) -> Result<i64, TlsError> {
+    let certs = load_certs(path)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| TlsError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("not an X.509 certificate: {e}"),
+        })?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// The PEM certificates in `path` (at least one).
 pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     load_certs_from(path, &read(path)?)

@@ -193,6 +193,7 @@ pub fn start(config: &Config, db: Arc<Database>, metrics: Arc<Metrics>) -> Resul
     let (ca, cert, key) = config.sync.tls_paths(&config.node.data_dir);
     let server_tls = tls::server_config(&ca, &cert, &key)?;
     let client_tls = Arc::new(tls::client_config(&ca, &cert, &key)?);
+    metrics.observe_certificate("sync", &cert);
     for url in &config.sync.peers {
         host_port(url)?;
     }
