@@ -29,7 +29,7 @@ pub const TLS_KEY_FILE: &str = "key.pem";
 pub enum ServeError {
     #[error("{0}")]
     Refused(String),
-    #[error("cannot create data dir {path}: {source}")]
+    #[error("cannot create data dir {path}: {source} (check node.data_dir / --data-dir and that this user may write there)")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
