@@ -13,13 +13,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, get, post, sync_env, text_arg, Options, Server};
+use common::{eventually, get, post, sync_env, text_arg, tool, Options, Server};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -31,34 +30,6 @@ fn deploy() -> PathBuf {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// A tool from the environment variable or PATH; None (after a loud
-/// SKIPPED line) when absent, a failure when OUTPOST_REQUIRE_TOOLS=1.
-fn tool(test: &str, var: &str, name: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "{var}={} is not a file", path.display());
-        return Some(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("OUTPOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "{name} is required (OUTPOST_REQUIRE_TOOLS=1): install it (Debian: apt-get install prometheus) or set {var}"
-        );
-        // Straight to stderr: the test harness captures eprintln! of
-        // passing tests, and a skip must be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED {test}: {name} not found (set {var} or install it; Debian: apt-get install prometheus) ***\n"
-        );
-    }
-    found
 }
 
 /// Runs promtool; panics with its output unless it succeeds.

@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{eventually, get, run, sync_env, text_arg, Options, Server};
+use common::{eventually, get, run, sync_env, text_arg, tool, Options, Server};
 
 /// Two meshed nodes with a replicated row, so the per-peer series exist.
 fn pair(ca: &std::path::Path) -> (Server, Server) {
@@ -53,27 +52,6 @@ fn families(text: &str) -> HashMap<String, String> {
             Some((parts.next()?.to_string(), parts.next()?.to_string()))
         })
         .collect()
-}
-
-/// A tool from the environment variable or PATH; None (after a loud
-/// SKIPPED line) when absent, a failure when OUTPOST_REQUIRE_TOOLS=1.
-fn tool(var: &str, name: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(var) {
-        return Some(PathBuf::from(path));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("OUTPOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "{name} is required (OUTPOST_REQUIRE_TOOLS=1): install it or set {var}"
-        );
-        eprintln!("SKIPPED: {name} not found (set {var} or install it)");
-    }
-    found
 }
 
 #[test]
@@ -142,7 +120,7 @@ fn live_metrics_match_the_reference_and_pass_promtool() {
             text.contains(&format!("outpost_node_info{{node_id=\"{node_id}\"")),
             "{text}"
         );
-        let Some(promtool) = tool("OUTPOST_PROMTOOL", "promtool") else {
+        let Some(promtool) = tool("promtool check metrics", "OUTPOST_PROMTOOL", "promtool") else {
             continue;
         };
         let mut check = std::process::Command::new(promtool)

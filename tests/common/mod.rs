@@ -501,3 +501,32 @@ pub fn plain(v: &serde_json::Value) -> serde_json::Value {
         _ => v["value"].clone(),
     }
 }
+
+/// A tool from the environment variable or PATH; None (after a loud
+/// SKIPPED line) when absent, a failure when OUTPOST_REQUIRE_TOOLS=1.
+pub fn tool(test: &str, var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "{var}={} is not a file", path.display());
+        return Some(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("OUTPOST_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{name} is required (OUTPOST_REQUIRE_TOOLS=1): install it (scripts/deploy-tools.sh) or set {var}"
+        );
+        // Straight to stderr: the test harness captures eprintln! of
+        // passing tests, and a skip must be seen.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED {test}: {name} not found (set {var} or install it: scripts/deploy-tools.sh) ***\n"
+        );
+    }
+    found
+}
