@@ -55,6 +55,8 @@ import urllib.request
 
 import yaml
 
+import dockerfile  # deploy/docker/dockerfile.py, beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EDGES = ["edge1", "edge2", "edge3"]
 # Files the image ships, by their path in the image -> the repo's copy.
@@ -76,18 +78,8 @@ class Failure(Exception):
 
 def dockerfile_runtime():
     """ENV and ENTRYPOINT of the Dockerfile's last stage."""
-    lines, cur = [], ""
-    for raw in open(os.path.join(REPO, "deploy", "Dockerfile")):
-        line = raw.rstrip("\n")
-        if line.lstrip().startswith("#"):
-            continue
-        if line.endswith("\\"):
-            cur += line[:-1] + " "
-            continue
-        lines.append(cur + line)
-        cur = ""
     env, entrypoint = {}, None
-    for line in lines:
+    for line in dockerfile.instructions():
         words = line.split(None, 1)
         if not words:
             continue
