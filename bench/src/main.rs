@@ -2,6 +2,7 @@
 //! baselines measured in the same run: libSQL in-process (the floor) and a bare HTTP round trip
 //! on the same server stack (actix-web). See BENCHMARKS.md for how to run it and the results.
 
+mod admin;
 mod backup;
 mod bare;
 mod client;
@@ -44,6 +45,7 @@ const WORKLOADS: &[&str] = &[
     "migration",
     "signing",
     "backup",
+    "admin",
     "none",
 ];
 
@@ -125,11 +127,12 @@ pub struct Args {
     /// (`outpost migrate` on 100,000 captured rows, quick: 10,000, vs plain SQLite), signing
     /// (origin signatures: signed vs unsigned writes, verified vs unverified applies,
     /// in-process), backup (outpost's S3 backup vs Litestream: RPO under kill -9, CPU,
-    /// uploads, restore time; see --backup-runs ...), or none.
+    /// uploads, restore time; see --backup-runs ...), admin (the admin listener: /metrics,
+    /// /status, /health latency on 2 meshed nodes, inserts while scraped vs not), or none.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition,migration,signing,backup"
+        default_value = "read,insert,mix,batch100,wide-update,hot-row,repl-lag,repl-throughput,repl-partition,migration,signing,backup,admin"
     )]
     workloads: Vec<String>,
     #[command(flatten)]
@@ -1109,6 +1112,15 @@ fn run(args: &Args) -> Result<(Report, Option<backup::BackupReport>)> {
                 report.problems.push(format!("backup: {e:#}"));
             }
             backup_report = Some(b);
+        }
+        if plan.want("admin") {
+            let spec = cluster::NodeSpec {
+                bin: &a.bin,
+                args: &a.args,
+                env: &a.env,
+                start_timeout: Duration::from_secs(args.start_timeout),
+            };
+            admin::run(&rt, &plan, &spec, tmp.path(), &mut report);
         }
         if plan.rss_rows > 0 || plan.soak_seconds > 0 {
             if let Err(e) = run_rss(&rt, args, &plan, a, tmp.path(), &mut report) {

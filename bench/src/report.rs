@@ -169,6 +169,8 @@ pub struct Report {
     pub migration: Option<crate::migration::MigrationReport>,
     /// The origin-signature workload (issue 6).
     pub signing: Option<crate::signing::SigningReport>,
+    /// The admin-listener workload (issue 9).
+    pub admin: Option<crate::admin::AdminReport>,
     pub outpost_shutdown: Option<Shutdown>,
     /// Reasons the harness itself is broken (non-empty → non-zero exit).
     pub problems: Vec<String>,
@@ -288,6 +290,7 @@ impl Report {
             repl: None,
             migration: None,
             signing: None,
+            admin: None,
             outpost_shutdown: None,
             problems: Vec::new(),
         }
@@ -401,6 +404,10 @@ impl Report {
         }
         if let Some(s) = &self.signing {
             self.problems.extend(s.problems());
+        }
+        if let Some(a) = &self.admin {
+            goals.extend(a.goals());
+            self.problems.extend(a.problems());
         }
         self.goals = goals;
 
@@ -786,6 +793,9 @@ impl Report {
         if let Some(s) = &self.signing {
             s.render(&mut out);
         }
+        if let Some(a) = &self.admin {
+            a.render(&mut out);
+        }
         if !self.capture.is_empty() {
             let _ = writeln!(
                 out,
@@ -866,7 +876,8 @@ impl Report {
             + self.hot_row.iter().filter(|h| !h.failed()).count()
             + self.repl.as_ref().map_or(0, |r| r.passed())
             + self.migration.as_ref().map_or(0, |m| m.passed())
-            + self.signing.as_ref().map_or(0, |s| s.passed());
+            + self.signing.as_ref().map_or(0, |s| s.passed())
+            + self.admin.as_ref().map_or(0, |a| a.passed());
         let failed = self.problems.len();
         let _ = writeln!(out, "\nbench: {passed} passed, {failed} failed");
         out
