@@ -84,9 +84,17 @@ async fn status(app: web::Data<AppState>) -> HttpResponse {
         Some(sync) => sync.status().await.unwrap_or(serde_json::Value::Null),
         None => serde_json::Value::Null,
     };
-    let meta = app.db.meta();
+    // Queries of the node's tables: off the async worker.
+    let db = app.db.clone();
+    let (meta, quarantined) =
+        match web::block(move || (db.meta(), db.log().quarantine_count().ok())).await {
+            Ok(read) => read,
+            Err(e) => {
+                return HttpResponse::InternalServerError()
+                    .json(serde_json::json!({ "error": e.to_string() }))
+            }
+        };
     let schema = schema_status(&app, sync.get("schema"));
-    let quarantined = app.db.log().quarantine_count().ok();
     HttpResponse::Ok().json(serde_json::json!({
         "schema": schema,
         "node_id": meta.as_ref().map(|m| m.node_id.clone()).ok(),
