@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::client::{check_op, execute_body, op_body, Arg, Conn, PIPELINE_PATH};
 use crate::cluster::{self, NodeSpec};
 use crate::report::{Goal, Report};
-use crate::stats::{fmt_rate, fmt_us, OpKind, Summary, WorkerStats};
+use crate::stats::{self, fmt_rate, fmt_us, OpKind, Summary, WorkerStats};
 use crate::workload::{random_value, PhaseClock, Workload, CREATE_SQL};
 use crate::Plan;
 
@@ -420,7 +420,7 @@ async fn measure(nodes: &[cluster::Node], plan: &Plan, a: &mut AdminReport) -> R
             fmt_us(s.p99_us),
             s.errors
         );
-        if s.ops == 0 || s.errors * 100 > s.ops + s.errors {
+        if stats::mostly_failed(s.ops, s.errors) {
             a.problems.push(format!(
                 "inserts ({what}): {} ok, {} failed (first error: {})",
                 s.ops,

@@ -777,7 +777,7 @@ fn run_rss(
                     fmt_rate(s.ok as f64 / secs.max(1e-9)),
                     s.errors
                 );
-                if s.ok == 0 || s.errors * 100 > s.ok + s.errors {
+                if stats::mostly_failed(s.ok, s.errors) {
                     report.problems.push(format!(
                         "memory: updates of {n} rows: {} ok, {} failed (first error: {})",
                         s.ok,
@@ -825,7 +825,7 @@ fn run_rss(
                 stats::fmt_us(summary.p99_us),
                 summary.errors
             );
-            if summary.ops == 0 || soak.errors * 100 > summary.ops + soak.errors {
+            if stats::mostly_failed(summary.ops, soak.errors) {
                 report.problems.push(format!(
                     "soak: {} ok, {} failed (first error: {})",
                     summary.ops,

@@ -36,7 +36,7 @@ use crate::client::{check_op, execute_body, Arg, Check, Conn, PIPELINE_PATH};
 use crate::cluster::{self, Cluster, NodeSpec, SyncMetrics, Vector};
 use crate::proxy::Fault;
 use crate::report::{Goal, Report};
-use crate::stats::{fmt_rate, fmt_us, new_hist, Summary};
+use crate::stats::{self, fmt_rate, fmt_us, new_hist, Summary};
 use crate::workload::random_value;
 use crate::Plan;
 
@@ -1203,7 +1203,7 @@ async fn lag_run(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-    } else if writes.ok == 0 || writes.errors * 100 > writes.ok + writes.errors {
+    } else if stats::mostly_failed(writes.ok, writes.errors) {
         problem = Some(format!(
             "replication lag ({name}): {} of {} writes failed (first error: {})",
             writes.errors,
@@ -1354,7 +1354,7 @@ async fn throughput_run(
             "replication throughput c={concurrency}: n3 did not catch up with n1 within {:?} after the writes stopped",
             drain_timeout(plan)
         ))
-    } else if stats.ok == 0 || stats.errors * 100 > stats.ok + stats.errors {
+    } else if crate::stats::mostly_failed(stats.ok, stats.errors) {
         Some(format!(
             "replication throughput c={concurrency}: {} of {} writes failed (first error: {})",
             stats.errors,
@@ -1500,7 +1500,7 @@ async fn partition_run(c: &Cluster, plan: &Plan) -> Result<PartitionRun> {
             "partition: `outpost check --digest` differs or fails: {}",
             run.digests.join(" | ")
         ))
-    } else if writes.ok == 0 || writes.errors * 100 > writes.ok + writes.errors {
+    } else if stats::mostly_failed(writes.ok, writes.errors) {
         Some(format!(
             "partition: {} of {} writes failed (first error: {})",
             writes.errors,

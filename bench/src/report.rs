@@ -56,8 +56,7 @@ pub struct PhaseResult {
 impl PhaseResult {
     /// The phase shows the harness is broken: nothing succeeded, or more than 1 % failed.
     pub fn failed(&self) -> bool {
-        let s = &self.summary;
-        s.ops == 0 || s.errors * 100 > s.ops + s.errors
+        crate::stats::mostly_failed(self.summary.ops, self.summary.errors)
     }
 }
 

@@ -8,6 +8,12 @@ use serde::Serialize;
 /// Highest latency the histograms track (larger values saturate).
 const MAX_NS: u64 = 60_000_000_000;
 
+/// A run shows the harness or the server is broken: nothing succeeded, or
+/// more than 1 % of the attempts failed.
+pub fn mostly_failed(ok: u64, errors: u64) -> bool {
+    ok == 0 || errors * 100 > ok + errors
+}
+
 pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds")
 }
