@@ -680,15 +680,7 @@ fn auth_required_and_read_only_tokens_may_subscribe() {
 fn replicated_changes_reach_the_feed() {
     // Two nodes over mutual TLS: n2 lists n1 as its peer.
     let ca = tempfile::tempdir().unwrap();
-    let node = |peers: Vec<String>| {
-        Server::start_with(Options {
-            ca_dir: Some(ca.path()),
-            sync_listen: Some("127.0.0.1:0".into()),
-            peers,
-            env: common::sync_env(),
-            ..Options::default()
-        })
-    };
+    let node = |peers| common::cluster_node(ca.path(), peers);
     let n1 = node(vec![]);
     let n2 = node(vec![n1.sync.clone().expect("n1 sync listener")]);
     for n in [&n1, &n2] {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, get, post, sync_env, text_arg, tool, Options, Server};
+use common::{eventually, get, post, text_arg, tool, Server};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -781,15 +781,7 @@ fn prometheus_scrapes_a_live_cluster() {
 
     // Three nodes: 2 and 3 peer with 1.
     let ca = tempfile::tempdir().unwrap();
-    let node = |peers: Vec<String>| {
-        Server::start_with(Options {
-            ca_dir: Some(ca.path()),
-            sync_listen: Some("127.0.0.1:0".into()),
-            peers,
-            env: sync_env(),
-            ..Options::default()
-        })
-    };
+    let node = |peers| common::cluster_node(ca.path(), peers);
     let mut n1 = node(vec![]);
     let hub = n1.sync.clone().expect("node 1 has a sync listener");
     let n2 = node(vec![hub.clone()]);

@@ -7,21 +7,12 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{eventually, get, run, sync_env, text_arg, tool, Options, Server};
+use common::{cluster_node, eventually, get, run, sync_env, text_arg, tool, Options, Server};
 
 /// Two meshed nodes with a replicated row, so the per-peer series exist.
 fn pair(ca: &std::path::Path) -> (Server, Server) {
-    let a = Server::start_with(Options {
-        ca_dir: Some(ca),
-        env: sync_env(),
-        ..Default::default()
-    });
-    let b = Server::start_with(Options {
-        ca_dir: Some(ca),
-        env: sync_env(),
-        peers: vec![a.sync.clone().unwrap()],
-        ..Default::default()
-    });
+    let a = cluster_node(ca, vec![]);
+    let b = cluster_node(ca, vec![a.sync.clone().unwrap()]);
     // Replication carries rows, not DDL: both nodes get the table.
     for node in [&a, &b] {
         node.sql(

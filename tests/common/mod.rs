@@ -307,6 +307,19 @@ pub fn sync_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A node of the cluster whose CA is in `ca` (created on first use), with
+/// a sync listener on a free port, quick sync settings (`sync_env`) and
+/// these peers to dial.
+pub fn cluster_node(ca: &Path, peers: Vec<String>) -> Server {
+    Server::start_with(Options {
+        ca_dir: Some(ca),
+        sync_listen: Some("127.0.0.1:0".into()),
+        peers,
+        env: sync_env(),
+        ..Options::default()
+    })
+}
+
 /// What became of a write sent over HTTP.
 #[derive(Debug, Clone)]
 pub enum Written {
